@@ -17,11 +17,24 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 SCALES = ("quick", "full")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkpoints_dir() -> Path:
+    """Where the course's checkpoints go: ``$RLHF_CHECKPOINTS``, else ``<repo>/checkpoints``."""
+    return Path(os.environ.get("RLHF_CHECKPOINTS") or PROJECT_ROOT / "checkpoints")
+
+
+def feedback_dir() -> Path:
+    """Where preference files go: ``$RLHF_FEEDBACK``, else ``<repo>/data/feedback``."""
+    return Path(os.environ.get("RLHF_FEEDBACK") or PROJECT_ROOT / "data" / "feedback")
 
 
 # --------------------------------------------------------------------------------------
@@ -149,14 +162,56 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class CartPoleConfig:
-    """Our PPO agent on a gymnasium vector environment (notebook 02, ``rlhf_utils.rl``)."""
+    """Our PPO agent on a gymnasium vector environment (notebook 02, ``rlhf_utils.rl``).
+
+    Defaults are rl-zoo's tuned PPO hyperparameters for CartPole-v1
+    (rl-baselines3-zoo ``hyperparams/ppo.yml``), so our agent and Stable-Baselines3's can
+    be run with the same settings. Derived sizes: batch = num_envs * num_steps,
+    minibatch = batch // num_minibatches, updates = total_timesteps // batch.
+    """
 
     env_id: str = "CartPole-v1"
     """gymnasium environment id (discrete actions)"""
-    total_timesteps: int = 50_000
-    """environment steps in all"""
+    total_timesteps: int = 20_000
+    """environment steps in all (summed over the parallel environments)"""
     seed: int = 0
-    """seed of environments and network"""
+    """seed of environments, network initialisation, action sampling and minibatch order"""
+    num_envs: int = 8
+    """parallel environments in the vector environment"""
+    num_steps: int = 32
+    """steps per environment in each rollout (rollout = num_envs * num_steps transitions)"""
+    learning_rate: float = 1e-3
+    """Adam learning rate at the start"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 over training"""
+    anneal_clip: bool = True
+    """decay clip_coef linearly to 0 over training (rl-zoo's ``lin_0.2``)"""
+    gamma: float = 0.98
+    """discount factor, in [0, 1]"""
+    gae_lambda: float = 0.8
+    """GAE lambda, in [0, 1]: 0 = one-step TD advantage, 1 = Monte-Carlo return minus value"""
+    num_minibatches: int = 1
+    """minibatches per epoch (must divide num_envs * num_steps)"""
+    update_epochs: int = 20
+    """passes over each rollout (PPO reuses data; A2C is update_epochs=1, num_minibatches=1)"""
+    norm_adv: bool = True
+    """normalise advantages to mean 0, std 1 in each minibatch"""
+    clip_coef: float = 0.2
+    """PPO's epsilon: the ratio is clipped to [1 - clip_coef, 1 + clip_coef]; inf = no clipping"""
+    clip_vloss: bool = False
+    """clip the value loss around the old values (CleanRL's default True, SB3's False)"""
+    ent_coef: float = 0.0
+    """weight of the entropy bonus"""
+    vf_coef: float = 0.5
+    """weight of the value loss"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clipping threshold"""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """hidden layers of the actor and of the (separate) critic MLP, tanh activations"""
+    torch_threads: int = 1
+    """torch CPU threads while training (1 is fastest for a 64x64 MLP; restored afterwards)"""
+    eval_episodes: int = 10
+    """episodes of the deterministic (greedy) policy in the final evaluation"""
 
 
 @dataclass(frozen=True)
@@ -223,7 +278,7 @@ PRESETS: dict[str, Preset] = {
         lm=LMConfig(n_layer=12, n_head=12, n_embd=768, n_positions=128, steps=6_000,
                     batch_size=128, lr=6e-4, warmup_steps=300),
         sft=SFTConfig(n_demonstrations=20_000, steps=1_500, batch_size=64, lr=1e-4),
-        cartpole=CartPoleConfig(total_timesteps=200_000),
+        cartpole=CartPoleConfig(total_timesteps=50_000),
         feedback=FeedbackConfig(n_pairs=10_000),
         reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5),
         ppo=PPOConfig(steps=200, batch_size=256),
