@@ -1,0 +1,60 @@
+"""Shared fixtures of the test suite.
+
+* ``repo_root`` -- the checkout's root folder.
+* ``chromium_browser`` -- Debian's Chromium (``/usr/bin/chromium``) driven by Playwright,
+  headless. Playwright never downloads a browser of its own here: ``make test`` installs
+  Debian's package when it is missing (as root), and without it the browser tests are
+  skipped -- or fail under CI (``$CI`` set), where a skipped browser test would hide a
+  missing install step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def chromium_browser():
+    """A headless Playwright ``Browser`` on Debian's Chromium; closed after the test module.
+
+    Module-scoped (not session-scoped) so that Playwright's event loop is gone before
+    other modules run notebooks with nbclient.
+    """
+    if not os.path.exists(CHROMIUM):
+        message = (
+            f"{CHROMIUM} is missing: install Debian's package (`apt-get install chromium`, "
+            "which `make test` does when run as root)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    # Playwright must not fetch a browser build of its own (there is no network for it)
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -1,0 +1,170 @@
+"""Each course notebook executes top to bottom at the quick scale, and what it claims holds.
+
+A session-scoped fixture runs the notebooks in course order, each at most once, into a
+temporary folder (``RLHF_CHECKPOINTS`` and ``RLHF_FEEDBACK`` point there too, so the
+reader's own checkpoints and ratings are never touched). A notebook's test then checks the
+figures it reported with ``rlhf_utils.course.report(...)`` against :data:`CHECKS`.
+
+Notebook owners: add your notebook's claims to CHECKS (each a Python expression over the
+names you report) and its inputs to NEEDS. A notebook whose inputs failed is skipped with
+the reason, pointing at the failed test; a notebook that does not exist yet is skipped.
+
+Environment: ``RLHF_TEST_SCALE`` (default ``quick``) and ``RLHF_NOTEBOOK_TIMEOUT`` (seconds
+per cell, default 900) change how the notebooks are run here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from rlhf_utils.course import NOTEBOOKS_DIR, NotebookRun, find_notebooks, run_notebook
+
+#: The course map (DESIGN.md): number -> proposed name, used to name tests of notebooks
+#: that do not exist yet.
+COURSE = {
+    "01": "language_models",
+    "02": "reinforcement_learning",
+    "03": "supervised_finetuning",
+    "04": "human_feedback",
+    "05": "reward_modeling",
+    "06": "ppo_rlhf",
+    "07": "evaluation_and_reward_hacking",
+    "08": "beyond_ppo",
+}
+
+#: What each notebook claims: expressions over the figures it reported, all must hold.
+CHECKS: dict[str, list[str]] = {
+    "01": [
+        "final_loss < initial_loss",  # training lowered the loss
+        "final_perplexity <= 1.10 * true_perplexity",  # within 10% of the world's own perplexity
+    ],
+    "02": [
+        "ppo_final_return > 3 * random_return",  # PPO learned CartPole
+    ],
+}
+
+#: The notebooks whose artefacts each one reads (checkpoints, the preference file).
+#: A notebook not listed here is taken to need every notebook before it.
+NEEDS: dict[str, list[str]] = {
+    "01": [],
+    "02": [],
+    "03": ["01"],  # base checkpoint
+    "04": ["03"],  # SFT checkpoint to sample from
+    "05": ["03", "04"],  # SFT backbone, preference data
+    "06": ["03", "05"],  # SFT policy, reward model
+    "07": ["03", "05", "06"],  # SFT, reward model, RLHF policy
+    "08": ["03", "04", "05"],  # SFT, preferences, reward model
+}
+
+#: Names a check may use besides the figures.
+_CHECK_FUNCTIONS = {"abs": abs, "min": min, "max": max, "len": len, "all": all, "any": any, "math": math}
+
+
+class CourseRuns:
+    """Runs course notebooks on demand, in order, each at most once, and remembers the results."""
+
+    def __init__(
+        self, out_dir: Path, scale: str, timeout: float | None, env: dict[str, str], notebooks_dir: Path = NOTEBOOKS_DIR
+    ) -> None:
+        self.out_dir, self.scale, self.timeout, self.env = out_dir, scale, timeout, env
+        self.notebooks = {p.stem[:2]: p for p in find_notebooks(notebooks_dir)}
+        self.runs: dict[str, NotebookRun] = {}
+
+    def needs(self, number: str) -> list[str]:
+        before = [n for n in self.notebooks if n < number]
+        return NEEDS.get(number, before)
+
+    def get(self, number: str) -> NotebookRun:
+        """The run of notebook ``number``; runs what it needs first. Never runs one twice."""
+        if number in self.runs:
+            return self.runs[number]
+        path = self.notebooks[number]
+        for dep in self.needs(number):
+            if dep not in self.notebooks:
+                continue  # the notebook will say itself which input is missing
+            dep_run = self.get(dep)
+            if not dep_run.ok:
+                run = NotebookRun(
+                    name=path.stem,
+                    path=str(path),
+                    scale=self.scale,
+                    error=f"not run: it needs {dep_run.name}, which {dep_run.status.replace('not run', 'was not run')}",
+                )
+                self.runs[number] = run
+                return run
+        self.runs[number] = run_notebook(path, self.scale, self.out_dir, timeout=self.timeout, env=self.env)
+        return self.runs[number]
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory) -> CourseRuns:
+    root = tmp_path_factory.mktemp("course")
+    env = {"RLHF_CHECKPOINTS": str(root / "checkpoints"), "RLHF_FEEDBACK": str(root / "feedback")}
+    timeout = float(os.environ.get("RLHF_NOTEBOOK_TIMEOUT", "900"))
+    return CourseRuns(root / "runs", os.environ.get("RLHF_TEST_SCALE", "quick"), timeout, env)
+
+
+def failed_checks(checks: list[str], figures: dict) -> list[str]:
+    """The checks that do not hold, each with the figures it used (or what is missing)."""
+    failures = []
+    for check in checks:
+        try:
+            held = eval(check, {"__builtins__": {}, **_CHECK_FUNCTIONS}, dict(figures))  # noqa: S307 (our own table)
+        except NameError as exc:
+            have = ", ".join(sorted(figures)) or "nothing"
+            failures.append(f"`{check}`: the notebook did not report {exc.name!r} (it reported: {have})")
+            continue
+        if not held:
+            names = set(re.findall(r"[A-Za-z_]\w*", check))
+            used = {k: v for k, v in figures.items() if k in names}
+            failures.append(f"`{check}` is false with {used}")
+    return failures
+
+
+def _ids() -> list[str]:
+    existing = {p.stem[:2]: p.stem for p in find_notebooks(NOTEBOOKS_DIR)}
+    numbers = sorted(set(COURSE) | set(CHECKS) | set(existing))
+    return [existing.get(n, f"{n}_{COURSE.get(n, 'notebook')}") for n in numbers]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", _ids())
+def test_notebook_runs_and_its_claims_hold(name, course):
+    number = name[:2]
+    if number not in course.notebooks:
+        pytest.skip(f"notebooks/{name}.ipynb does not exist yet")
+    run = course.get(number)
+    if run.status == "not run":
+        pytest.skip(run.error)
+    assert run.ok, run.describe_failure()
+    failures = failed_checks(CHECKS.get(number, []), run.figures)
+    assert not failures, f"{run.name} (executed copy: {run.executed_path}):\n" + "\n".join(failures)
+
+
+def test_failed_checks_names_missing_figures_and_values():
+    figures = {"final_loss": 3.0, "initial_loss": 2.0}
+    assert failed_checks(["final_loss < 4", "abs(final_loss - 3) < 1e-9"], figures) == []
+    (bad, missing) = failed_checks(["final_loss < initial_loss", "reward > 0"], figures)
+    assert "is false with {'final_loss': 3.0, 'initial_loss': 2.0}" in bad
+    assert "did not report 'reward' (it reported: final_loss, initial_loss)" in missing
+
+
+def test_a_failed_notebook_skips_those_that_need_it(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    for name, source in [("01_base", "1 / 0"), ("02_alone", "x = 1"), ("03_needs_base", "y = 2")]:
+        nbformat.write(new_notebook(cells=[new_code_cell(source)]), nbs / f"{name}.ipynb")
+    course = CourseRuns(tmp_path / "runs", "quick", 60, {}, notebooks_dir=nbs)
+    third = course.get("03")  # runs 01 first (NEEDS), which fails
+    assert third.status == "not run" and third.error == "not run: it needs 01_base, which failed"
+    assert course.runs["01"].status == "failed" and "02" not in course.runs
+    assert course.get("02").ok
+    assert course.get("01") is course.runs["01"]  # never run twice
