@@ -237,9 +237,25 @@ class RewardConfig:
     batch_size: int = 32
     """pairs per step"""
     lr: float = 3e-4
-    """learning rate"""
+    """learning rate (AdamW, constant)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay (matrices only)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (global L2 norm)"""
+    margin: float = 0.0
+    """Bradley-Terry margin m in -log sigma(r_c - r_r - m) (Llama 2); 0 = plain BT"""
     eval_fraction: float = 0.2
     """share of pairs held out for evaluation"""
+    eval_every: int = 10
+    """optimizer steps between held-out evaluations"""
+    patience: int = 5
+    """evaluations without a lower held-out loss before stopping early"""
+    n_normalise: int = 512
+    """SFT-policy samples whose rewards are set to mean 0, std 1"""
+    calibration_bins: int = 10
+    """bins of the calibration (reliability) plot"""
+    label_sizes: tuple[int, ...] = (100, 300, 1_000, 2_000)
+    """training-set sizes of the label-efficiency curve (capped at the labels available)"""
     seed: int = 0
     """seed of split, head initialisation and batch order"""
 
