@@ -22,9 +22,9 @@ Implementation details, in the order they happen:
    shifted position embeddings, so the same text scores differently with and without
    padding (``tests/test_reward.py`` shows both).
 2. **Text convention** (:func:`encode_for_reward`), used everywhere: the tokens are
-   ``tokenizer(prompt)`` (BOS first) + ``tokenizer(" " + completion)`` (no special
-   tokens) + ``[EOS]`` -- the policy's samples end with EOS, so the reward model reads
-   them in the form the policy produced them. EOS is appended whether or not the sample
+   ``[BOS] + ids(prompt) + ids(" " + completion) + [EOS]`` (``ids`` without special
+   tokens) -- the policy's own layout (``lm.encode_prompts`` + the sampled response),
+   whose samples end with EOS, so the reward model reads them as the policy made them. EOS is appended whether or not the sample
    finished; penalising unfinished samples is the RL loop's job.
 3. **Which token is scored**: the last position whose ``attention_mask`` is 1 -- the
    EOS -- found from the mask, never from ``pad_token_id``; position ids are
@@ -62,7 +62,7 @@ import torch.nn.functional as F
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 FORMAT = "rlhf_utils.reward/1"
-TEXT_CONVENTION = "tokenizer(prompt) + tokenizer(' ' + completion, no special tokens) + [EOS]"
+TEXT_CONVENTION = "[BOS] + ids(prompt) + ids(' ' + completion) + [EOS] (ids: no special tokens)"
 
 MIN_TRAIN_PAIRS = 20
 """fewest training pairs :func:`split_pairs` accepts"""
@@ -89,6 +89,59 @@ class PreferencePair:
     rejected: str
     tie: bool = False
     annotator: str = "simulated"
+
+
+SIMULATED_PREFIX = "simulated"
+"""Annotator names starting with this are the simulated annotator; any other name is a person."""
+
+
+def is_reader(annotator: str) -> bool:
+    """True if a judgement came from a person (the reader), not the simulated annotator."""
+    return not annotator.startswith(SIMULATED_PREFIX)
+
+
+def pairs_from_judgements(judgements: Sequence[dict], include_calibration: bool = False
+                          ) -> list[PreferencePair]:
+    """Live pairwise judgements of the feedback store -> :class:`PreferencePair` list.
+
+    Verdict ``a`` / ``b``: that completion is chosen. ``tie``: a tie pair (target 1/2).
+    ``both_bad`` and ``skip`` are dropped (no winner, and no claim the two are equal),
+    and so are blind repeats (they would count a pair twice) and -- unless asked for --
+    the widget's calibration pairs (made to check the rater, not drawn from the policy),
+    as in :func:`rlhf_utils.feedback.to_preference_dataset`.
+    """
+    out = []
+    for r in judgements:
+        if r.get("kind") != "pair" or r.get("choice") not in ("a", "b", "tie") or r.get("repeat"):
+            continue
+        if r.get("calibration") and not include_calibration:
+            continue
+        a, b = r["completion_a"], r["completion_b"]
+        chosen, rejected = (b, a) if r["choice"] == "b" else (a, b)
+        out.append(PreferencePair(r["prompt"], chosen, rejected, tie=r["choice"] == "tie",
+                                  annotator=r["annotator"]))
+    return out
+
+
+def load_preference_pairs(path: str | Path | None = None, include_calibration: bool = False
+                          ) -> list[PreferencePair]:
+    """The judgements of a preference file (default ``$RLHF_FEEDBACK/preferences.jsonl``,
+    written by notebook 04), corrections applied, as :class:`PreferencePair` s."""
+    from rlhf_utils import feedback
+    from rlhf_utils.config import feedback_dir
+
+    path = Path(path) if path is not None else feedback_dir() / "preferences.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No preference file at {path}: run notebook 04 (human feedback) first -- it writes "
+            "preferences.jsonl -- or set $RLHF_FEEDBACK to the folder that holds it.")
+    pairs = pairs_from_judgements(feedback.live_judgements(feedback.load_records(path)),
+                                  include_calibration=include_calibration)
+    if not pairs:
+        raise ValueError(
+            f"{path} holds no pairwise judgement with a verdict (a, b or tie): run notebook 04 "
+            "and rate some pairs (or let its simulated annotator label them).")
+    return pairs
 
 
 def min_pairs_needed(eval_fraction: float) -> int:
@@ -205,8 +258,10 @@ def encode_for_reward(tokenizer, prompts: Sequence[str], completions: Sequence[s
                       max_length: int | None = None) -> list[list[int]]:
     """Token ids of each (prompt, completion) in the reward model's convention.
 
-    ``tokenizer(prompt)`` (the tokenizer adds BOS) + ``tokenizer(" " + completion)``
-    without special tokens + ``[EOS]``. Leading spaces of a completion are stripped first,
+    ``[BOS] + ids(prompt) + ids(" " + completion) + [EOS]``, ``ids`` without special
+    tokens (as ``lm.encode_prompts`` lays out the policy's prompts; for the course's
+    word-level tokenizer, the ids of ``prompt + " " + completion``). A tokenizer without
+    a BOS token gets none. Leading spaces of a completion are stripped first,
     so a completion decoded with its leading space (GPT-2 BPE) and one without give the
     same ids. Longer than ``max_length``: the oldest tokens are cut (the EOS is kept).
     """
@@ -214,12 +269,13 @@ def encode_for_reward(tokenizer, prompts: Sequence[str], completions: Sequence[s
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if len(prompts) == 0:
         return []
-    p_ids = tokenizer(list(prompts))["input_ids"]
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     texts = [(" " + c.lstrip()) if c.strip() else "" for c in completions]
     c_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     out = []
     for p, c in zip(p_ids, c_ids):
-        ids = list(p) + list(c) + [tokenizer.eos_token_id]
+        ids = bos + list(p) + list(c) + [tokenizer.eos_token_id]
         if max_length is not None and len(ids) > max_length:
             ids = ids[-max_length:]
         out.append(ids)

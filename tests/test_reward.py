@@ -31,7 +31,10 @@ def word_tokenizer(words=WORDS, specials=SPECIALS) -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return word_tokenizer()
+    """The course's own tokenizer (rlhf_utils.lm), trained on a few sentences."""
+    from rlhf_utils import lm
+
+    return lm.train_tokenizer([" ".join(WORDS)])
 
 
 def tiny_policy(tokenizer, seed=0) -> GPT2LMHeadModel:
@@ -104,9 +107,17 @@ def test_last_token_index_naive_loop():
 
 
 def test_encoding_convention(tokenizer):
+    from rlhf_utils import lm
+
     ids = R.encode_for_reward(tokenizer, ["i loved this film ."], ["  the acting was great ."])[0]
     expected = tokenizer("i loved this film . the acting was great .")["input_ids"] + [tokenizer.eos_token_id]
     assert ids == expected and ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    # the policy's layout: lm.encode_prompts (BOS + prompt) then the response with its EOS
+    p_ids, p_mask = lm.encode_prompts(tokenizer, PROMPTS)
+    r_ids, r_mask = lm.encode_responses(tokenizer, COMPLETIONS)
+    for i, got in enumerate(R.encode_for_reward(tokenizer, PROMPTS, COMPLETIONS)):
+        policy_layout = p_ids[i][p_mask[i].bool()].tolist() + r_ids[i][r_mask[i].bool()].tolist()
+        assert got == policy_layout
     # empty completion: prompt + EOS
     assert R.encode_for_reward(tokenizer, ["i loved this film ."], [""])[0] == \
         tokenizer("i loved this film .")["input_ids"] + [tokenizer.eos_token_id]
@@ -265,7 +276,8 @@ def test_pad_equal_eos_refused():
         R.RewardModel(tiny_policy(word_tokenizer()).transformer, tok)
 
 
-def test_check_same_tokenizer(tokenizer):
+def test_check_same_tokenizer():
+    tokenizer = word_tokenizer()
     R.check_same_tokenizer(tokenizer, word_tokenizer())
     other = word_tokenizer(words=list(reversed(WORDS)))
     with pytest.raises(ValueError, match="different tokenizers.*from_policy"):
@@ -360,3 +372,43 @@ def test_early_stopping_restores_best(tokenizer):
 def test_train_empty_inputs(rm):
     with pytest.raises(ValueError, match="notebook 04"):
         R.train_reward_model(rm, [], _pairs(10), RewardConfig(), progress=False)
+
+
+# ---- reading the preference store ------------------------------------------------------
+
+
+def test_pairs_from_store(tmp_path):
+    from rlhf_utils import feedback as fb
+
+    path = tmp_path / "preferences.jsonl"
+    p = "i loved this film ."
+    recs = [
+        fb.pair_record(p, "x1 .", "y1 .", "a", annotator="you"),
+        fb.pair_record(p, "x2 .", "y2 .", "b", annotator="simulated"),
+        fb.pair_record(p, "x3 .", "y3 .", "tie", annotator="you"),
+        fb.pair_record(p, "x4 .", "y4 .", "both_bad", annotator="you"),
+        fb.pair_record(p, "x5 .", "y5 .", "skip", annotator="you"),
+        fb.pair_record(p, "x1 .", "y1 .", "b", annotator="you", repeat=True),
+        fb.pair_record(p, "x6 .", "y6 .", "a", annotator="you", calibration=True, gold="a"),
+        fb.score_record(p, "x7 .", 4),
+    ]
+    wrong = fb.pair_record(p, "x8 .", "y8 .", "a", annotator="you")
+    recs += [wrong, fb.undo_record(wrong)]
+    fb.write_preferences(path, recs)
+    pairs = R.load_preference_pairs(path)
+    assert [(q.chosen, q.rejected, q.tie, q.annotator) for q in pairs] == [
+        ("x1 .", "y1 .", False, "you"), ("y2 .", "x2 .", False, "simulated"), ("x3 .", "y3 .", True, "you")]
+    assert [R.is_reader(q.annotator) for q in pairs] == [True, False, True]
+    assert len(R.load_preference_pairs(path, include_calibration=True)) == 4
+
+
+def test_missing_or_empty_preference_file(tmp_path, monkeypatch):
+    from rlhf_utils import feedback as fb
+
+    monkeypatch.setenv("RLHF_FEEDBACK", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="run notebook 04"):
+        R.load_preference_pairs()
+    path = tmp_path / "preferences.jsonl"
+    fb.write_preferences(path, [fb.pair_record("p .", "a .", "b .", "skip")])
+    with pytest.raises(ValueError, match="no pairwise judgement"):
+        R.load_preference_pairs(path)
