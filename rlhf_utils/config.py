@@ -262,12 +262,68 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO fine-tuning of a language model (notebook 06, ``rlhf_utils.ppo``)."""
+    """PPO fine-tuning of a language model (notebook 06, ``rlhf_utils.ppo``).
+
+    Defaults follow lm-human-preferences (Ziegler et al. 2019) and Huang et al. (2024)
+    where those fit a small model; sizes are the quick scale.
+    """
 
     steps: int = 40
     """PPO iterations (rollout + update)"""
     batch_size: int = 64
-    """prompts (= sampled completions) per iteration"""
+    """prompts (= sampled completions) per iteration, over all processes"""
+    mini_batch_size: int = 32
+    """sequences per optimizer step, over all processes; must divide ``batch_size``"""
+    gradient_accumulation_steps: int = 1
+    """forward/backward passes per optimizer step; must divide the per-process minibatch"""
+    ppo_epochs: int = 2
+    """passes over each rollout batch (lm-human-preferences: 4)"""
+    lr: float = 1e-4
+    """peak learning rate (Adam), decayed linearly to 0 over ``steps`` when ``anneal_lr``"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 (lm-human-preferences, Huang et al. 2024)"""
+    adam_eps: float = 1e-5
+    """Adam epsilon (1e-5 as in lm-human-preferences, not torch's 1e-8)"""
+    cliprange: float = 0.2
+    """epsilon of the clipped surrogate: the ratio is clipped to [1 - eps, 1 + eps]"""
+    cliprange_value: float = 0.2
+    """how far a value prediction may move from its rollout value before its loss is clipped"""
+    vf_coef: float = 0.1
+    """weight of the value loss in the total loss"""
+    ent_coef: float = 0.0
+    """weight of the entropy bonus (0: the KL penalty already keeps the policy spread)"""
+    gamma: float = 1.0
+    """discount over response tokens (1: the score at the end counts in full at every token)"""
+    lam: float = 0.95
+    """GAE lambda (bias-variance trade-off of the advantage estimate)"""
+    init_kl_coef: float = 0.05
+    """beta, the weight of the per-token KL penalty, at the start"""
+    adaptive_kl: bool = True
+    """move beta towards ``kl_target`` (Ziegler et al. 2019); False keeps beta fixed"""
+    kl_target: float = 3.0
+    """target KL(pi || pi_ref) per sequence, in nats, of the adaptive controller"""
+    kl_horizon: int = 10_000
+    """horizon of the adaptive controller, in sequences"""
+    kl_estimator: str = "k1"
+    """per-token KL in the penalty: k1 (log pi - log pi_ref, Ziegler et al.) or k3 (expm1)"""
+    whiten_rewards: bool = False
+    """whiten the per-token rewards over the batch before GAE (scale only)"""
+    missing_eos_penalty: float = 1.0
+    """subtracted from the score of a completion that never produced EOS"""
+    max_new_tokens: int = 48
+    """longest completion sampled (a world completion is at most ~40 tokens)"""
+    temperature: float = 1.0
+    """sampling temperature; log-probabilities use the same temperature"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (global L2 norm)"""
+    n_prompts: int = 2_000
+    """training prompts drawn from the world"""
+    lora_r: int = 0
+    """LoRA rank (``peft``) for models too big to fine-tune fully; 0 = full fine-tuning"""
+    lora_alpha: int = 16
+    """LoRA scaling alpha (the update is scaled by alpha / r)"""
+    bf16: bool = True
+    """bf16 autocast on a GPU that supports it (ignored on the CPU)"""
     seed: int = 0
     """seed of prompts, sampling and batch order"""
 
@@ -297,7 +353,8 @@ PRESETS: dict[str, Preset] = {
         cartpole=CartPoleConfig(total_timesteps=50_000),
         feedback=FeedbackConfig(n_pairs=10_000),
         reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5),
-        ppo=PPOConfig(steps=200, batch_size=256),
+        ppo=PPOConfig(steps=200, batch_size=256, mini_batch_size=64, ppo_epochs=4, lr=1e-5,
+                      max_new_tokens=64, n_prompts=20_000),
     ),
 }
 

@@ -1,0 +1,396 @@
+"""PPO for language models (rlhf_utils.ppo): each piece against a naive reference, then the
+trainer on tiny models (GPT-2 and Llama style, full and LoRA), resume, and bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_utils import lm
+from rlhf_utils.config import LMConfig, PPOConfig
+from rlhf_utils.ppo import (AdaptiveKLController, FixedKLController, NonFiniteError, PPOTrainer,
+                            apply_missing_eos_penalty, gae_advantages, kl_estimators,
+                            kl_penalty_rewards, last_token_index, masked_mean, masked_whiten,
+                            ppo_policy_loss, ppo_value_loss)
+from rlhf_utils.world import World
+
+torch.set_num_threads(1)
+
+
+def prefix_mask(lengths, width):
+    """[B, width] mask with the first lengths[b] entries of row b set (a response mask)."""
+    return (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).float()
+
+
+# --------------------------------------------------------------------------------------
+# Pure functions against naive loops
+# --------------------------------------------------------------------------------------
+
+
+def test_masked_mean_matches_naive_and_empty_mask_is_zero():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, generator=g)
+    m = prefix_mask([7, 3, 1, 5], 7)
+    naive = sum(float(x[b, t]) for b in range(4) for t in range(7) if m[b, t]) / float(m.sum())
+    assert math.isclose(float(masked_mean(x, m)), naive, rel_tol=1e-6)
+    rows = masked_mean(x, m, dim=1)
+    for b in range(4):
+        real = [float(x[b, t]) for t in range(7) if m[b, t]]
+        assert math.isclose(float(rows[b]), sum(real) / len(real), rel_tol=1e-6)
+    assert float(masked_mean(x, torch.zeros_like(m))) == 0.0
+
+
+def test_masked_whiten_ignores_padding():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 9, generator=g) * 3 + 2
+    m = prefix_mask([9, 4, 1, 6, 2], 9)
+    real = np.array([float(x[b, t]) for b in range(5) for t in range(9) if m[b, t]])
+    mu, sd = real.mean(), real.std(ddof=1)
+    w = masked_whiten(x, m)
+    for b in range(5):
+        for t in range(9):
+            expected = (float(x[b, t]) - mu) / sd if m[b, t] else 0.0
+            assert math.isclose(float(w[b, t]), expected, abs_tol=1e-5)
+    # garbage in the padding changes nothing
+    noisy = torch.where(m.bool(), x, torch.full_like(x, 1e6))
+    assert torch.allclose(masked_whiten(noisy, m), w, atol=1e-6)
+    # shift_mean=False only rescales
+    w2 = masked_whiten(x, m, shift_mean=False)
+    assert math.isclose(float(w2[0, 0]), (float(x[0, 0]) - mu) / sd + mu, rel_tol=1e-5)
+    assert x.equal(torch.where(m.bool(), x, x))  # input untouched
+
+
+def naive_gae(values, rewards, lengths, gamma, lam):
+    B, R = values.shape
+    adv = np.zeros((B, R))
+    for b in range(B):
+        L, A = lengths[b], 0.0
+        for t in reversed(range(L)):
+            next_v = float(values[b, t + 1]) if t + 1 < L else 0.0
+            delta = float(rewards[b, t]) + gamma * next_v - float(values[b, t])
+            A = delta + gamma * lam * A
+            adv[b, t] = A
+    ret = adv + values.numpy() * (np.arange(R)[None] < np.array(lengths)[:, None])
+    return adv, ret
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (1.0, 0.0)])
+def test_gae_over_masked_responses_matches_naive_loop(gamma, lam):
+    g = torch.Generator().manual_seed(2)
+    lengths = [6, 1, 3, 6, 4]
+    values = torch.randn(5, 6, generator=g)
+    rewards = torch.randn(5, 6, generator=g)
+    m = prefix_mask(lengths, 6)
+    # padding holds garbage: it must not leak into the real tokens
+    values_pad = torch.where(m.bool(), values, torch.full_like(values, 99.0))
+    adv, ret = gae_advantages(values_pad, rewards, m, gamma, lam)
+    nadv, nret = naive_gae(values, rewards, lengths, gamma, lam)
+    assert np.allclose(adv.numpy(), nadv, atol=1e-5)
+    assert np.allclose(ret.numpy(), nret, atol=1e-5)
+    assert (adv[~m.bool()] == 0).all() and (ret[~m.bool()] == 0).all()
+
+
+def test_kl_penalty_sits_on_response_tokens_and_reward_on_last_real_token():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5, 0.0], [-0.3, -0.7, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -4.0], [-0.1, -0.2, -3.0, -3.0]])
+    m = prefix_mask([3, 2], 4)  # row 0: EOS at t=2; row 1: EOS at t=1, then padding
+    scores = torch.tensor([10.0, -20.0])
+    rewards, non_score = kl_penalty_rewards(scores, logprobs, ref, m, kl_coef=0.5)
+    # by hand: -0.5 * (logp - ref) on real tokens, 0 on padding; score added at the EOS
+    expected_ns = torch.tensor([[-0.25, 0.5, 0.0, 0.0], [0.1, 0.25, 0.0, 0.0]])
+    assert torch.allclose(non_score, expected_ns)
+    expected = expected_ns.clone()
+    expected[0, 2] += 10.0
+    expected[1, 1] += -20.0
+    assert torch.allclose(rewards, expected)
+    # no EOS (full length): the score lands on the last token
+    full = prefix_mask([4, 4], 4)
+    r, _ = kl_penalty_rewards(scores, logprobs, ref, full, kl_coef=0.0)
+    assert r[:, :3].abs().sum() == 0 and r[:, 3].tolist() == [10.0, -20.0]
+    assert last_token_index(m).tolist() == [2, 1]
+
+
+def test_missing_eos_penalty_fires_exactly_when_no_eos():
+    scores = torch.tensor([0.5, 0.5, -1.0, 2.0])
+    ended = torch.tensor([True, False, True, False])
+    out = apply_missing_eos_penalty(scores, ended, 3.0)
+    assert out.tolist() == [0.5, -2.5, -1.0, -1.0]
+    assert apply_missing_eos_penalty(scores, ended, 0.0).equal(scores)
+
+
+def test_kl_estimators_against_exact_kl():
+    g = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(6, generator=g), 0)
+    q = torch.softmax(torch.randn(6, generator=g), 0)
+    exact = float((p * (p / q).log()).sum())
+    a = torch.multinomial(p, 400_000, replacement=True, generator=g)
+    est = kl_estimators(p.log()[a], q.log()[a])
+    assert abs(float(est["k1"].mean()) - exact) < 0.01
+    assert abs(float(est["k3"].mean()) - exact) < 0.01
+    assert (est["k3"] >= 0).all() and (est["k2"] >= 0).all()
+    # k3 through expm1: accurate where exp(x) - 1 would lose it
+    x = torch.tensor([1e-4, -3e-4], dtype=torch.float32)
+    k3 = kl_estimators(torch.zeros(2), x)["k3"]
+    exact_k3 = [math.expm1(v) - v for v in x.double().tolist()]
+    assert np.allclose(k3.numpy(), exact_k3, rtol=1e-2)
+
+
+def test_ppo_policy_loss_matches_naive_and_splits_exactly():
+    g = torch.Generator().manual_seed(4)
+    old = -torch.rand(3, 5, generator=g) * 3
+    new = old + torch.randn(3, 5, generator=g) * 0.4
+    adv = torch.randn(3, 5, generator=g)
+    m = prefix_mask([5, 2, 4], 5)
+    loss, stats = ppo_policy_loss(new, old, adv, m, 0.2)
+    terms, clipped = [], []
+    for b in range(3):
+        for t in range(5):
+            if m[b, t]:
+                r = math.exp(float(new[b, t] - old[b, t]))
+                a = float(adv[b, t])
+                terms.append(max(-a * r, -a * min(max(r, 0.8), 1.2)))
+                clipped.append(abs(r - 1) > 0.2)
+    assert math.isclose(float(loss), sum(terms) / len(terms), rel_tol=1e-5)
+    assert math.isclose(float(stats["clipfrac"]), sum(clipped) / len(clipped), rel_tol=1e-6)
+    # micro-batches normalised by the minibatch's token count sum to the minibatch loss
+    n = m.sum()
+    parts = [ppo_policy_loss(new[i:i + 1], old[i:i + 1], adv[i:i + 1], m[i:i + 1], 0.2, n)[0] for i in range(3)]
+    assert torch.allclose(sum(parts), loss, atol=1e-6)
+
+
+def test_ppo_value_loss_matches_naive():
+    g = torch.Generator().manual_seed(5)
+    old = torch.randn(2, 4, generator=g)
+    new = old + torch.randn(2, 4, generator=g)
+    ret = torch.randn(2, 4, generator=g)
+    m = prefix_mask([4, 3], 4)
+    loss, stats = ppo_value_loss(new, old, ret, m, 0.2)
+    terms, cl = [], []
+    for b in range(2):
+        for t in range(4):
+            if m[b, t]:
+                v, vo, R = float(new[b, t]), float(old[b, t]), float(ret[b, t])
+                vc = vo + min(max(v - vo, -0.2), 0.2)
+                terms.append(max((v - R) ** 2, (vc - R) ** 2))
+                cl.append((vc - R) ** 2 > (v - R) ** 2)
+    assert math.isclose(float(loss), 0.5 * sum(terms) / len(terms), rel_tol=1e-5)
+    assert math.isclose(float(stats["clipfrac"]), sum(cl) / len(cl), rel_tol=1e-6)
+
+
+def test_adaptive_kl_controller_by_hand():
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=10_000)
+    ctl.update(12.0, 64)  # error 1.0 clipped to 0.2: beta * (1 + 0.2 * 64 / 10000)
+    assert math.isclose(ctl.value, 0.1 * 1.00128)
+    ctl.update(4.5, 1000)  # error -0.25 clipped to -0.2
+    assert math.isclose(ctl.value, 0.1 * 1.00128 * 0.98)
+    ctl.update(6.6, 500)  # error 0.1
+    assert math.isclose(ctl.value, 0.1 * 1.00128 * 0.98 * 1.005)
+    fixed = FixedKLController(0.3)
+    fixed.update(100.0, 64)
+    assert fixed.value == 0.3
+    state = ctl.state_dict()
+    other = AdaptiveKLController(1.0, 6.0, 10_000)
+    other.load_state_dict(state)
+    assert other.value == ctl.value
+
+
+# --------------------------------------------------------------------------------------
+# The trainer on tiny models
+# --------------------------------------------------------------------------------------
+
+WORLD = World(0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return lm.train_tokenizer(WORLD.corpus(500, seed=11))
+
+
+def tiny_gpt2(tokenizer, seed=0):
+    return lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=32, seed=seed), tokenizer)
+
+
+def tiny_llama(tokenizer, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def gold_fn(prompts, completions):
+    return torch.tensor(WORLD.gold_rewards(completions, prompts), dtype=torch.float32)
+
+
+PROMPTS = WORLD.prompts(40, seed=12)
+TINY = PPOConfig(steps=3, batch_size=8, mini_batch_size=4, gradient_accumulation_steps=2, ppo_epochs=2,
+                 max_new_tokens=10, lr=1e-3)
+
+
+def test_rollout_masks_logprobs_and_scores(tokenizer):
+    t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
+    ro = t.rollout(PROMPTS[:8])
+    m = ro.response_mask
+    eos = tokenizer.eos_token_id
+    for b in range(8):
+        ids = ro.response_ids[b].tolist()
+        n = int(m[b].sum())
+        assert m[b, :n].all() and not m[b, n:].any()  # a prefix
+        if ro.ended[b]:
+            assert ids.index(eos) == n - 1  # mask ends exactly at the first EOS
+        else:
+            assert eos not in ids[:n] and n == TINY.max_new_tokens
+    assert (ro.logprobs[m == 0] == 0).all() and (ro.ref_logprobs[m == 0] == 0).all()
+    # the sampler's log-probs (reused) equal a fresh full forward pass; policy == ref at start
+    full = lm.response_logprobs(t.policy, ro.prompt_ids, ro.prompt_mask, ro.response_ids, m) * m
+    assert torch.allclose(ro.logprobs, full, atol=1e-5)
+    assert torch.allclose(ro.ref_logprobs, full, atol=1e-5)
+    expected = gold_fn(ro.prompts, ro.texts) - TINY.missing_eos_penalty * (~ro.ended).float()
+    assert torch.allclose(ro.scores, expected)
+    assert (ro.values == 0).all()  # zero-initialised value head
+
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_one_step_moves_every_trainable_parameter_and_never_the_reference(tokenizer, build):
+    t = PPOTrainer(build(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
+    before = _params(t.accelerator.unwrap_model(t.model))
+    ref_before = _params(t.ref_policy)
+    stats = t.step()
+    after = _params(t.accelerator.unwrap_model(t.model))
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert not unchanged, f"parameters that did not move: {unchanged}"
+    assert all(torch.equal(ref_before[n], p) for n, p in _params(t.ref_policy).items())
+    for key in ("objective/kl", "objective/scores", "policy/approx_kl", "policy/clipfrac", "policy/entropy",
+                "val/vf_loss", "val/explained_variance", "objective/kl_coef"):
+        assert key in stats and math.isfinite(stats[key]), key
+
+
+def test_lora_trains_adapters_and_value_head_only(tokenizer):
+    pytest.importorskip("peft")
+    base = tiny_llama(tokenizer)
+    frozen = _params(base)
+    t = PPOTrainer(base, tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, lora_r=4))
+    model = t.accelerator.unwrap_model(t.model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("v_head") for n in trainable)
+    before = _params(model)
+    t.step()
+    after = _params(model)
+    for n in before:
+        assert torch.equal(before[n], after[n]) != (n in trainable), n
+    # the reference (adapters off) is still the original model
+    ro = t.rollout(PROMPTS[:4])
+    orig = tiny_llama(tokenizer)
+    orig.load_state_dict({k.replace("base_layer.", ""): v for k, v in frozen.items()}, strict=False)
+    expect = lm.response_logprobs(orig, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
+    assert torch.allclose(ro.ref_logprobs, expect * ro.response_mask, atol=1e-5)
+
+
+def test_reward_model_is_accepted_and_a_foreign_tokenizer_refused(tokenizer):
+    from rlhf_utils.reward import RewardModel
+
+    policy = tiny_gpt2(tokenizer)
+    rm = RewardModel.from_policy(policy, tokenizer)
+    t = PPOTrainer(policy, tokenizer, rm, PROMPTS, TINY)
+    ro = t.rollout(PROMPTS[:4])
+    assert torch.allclose(ro.scores + TINY.missing_eos_penalty * (~ro.ended).float(),
+                          rm.score(ro.prompts, ro.texts), atol=1e-5)
+    other_tok = lm.train_tokenizer(["completely different words here ."])
+    other = RewardModel.from_policy(lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=32),
+                                                   other_tok), other_tok)
+    with pytest.raises(ValueError, match="different tokenizers"):
+        PPOTrainer(tiny_gpt2(tokenizer), tokenizer, other, PROMPTS, TINY)
+
+
+def test_resume_after_a_kill_equals_the_unbroken_run(tokenizer, tmp_path):
+    cfg = dataclasses.replace(TINY, steps=3)
+    unbroken = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, cfg)
+    unbroken.train(progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(stats):
+        if stats["step"] == 2:
+            raise Killed
+
+    first = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, cfg)
+    with pytest.raises(Killed):
+        first.train(progress=False, save_dir=tmp_path / "run", save_every=1, callback=kill_at_2)
+    resumed = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, cfg).load_state(tmp_path / "run")
+    assert resumed.step_count == 2
+    resumed.train(progress=False)
+    a = _params(unbroken.accelerator.unwrap_model(unbroken.model))
+    b = _params(resumed.accelerator.unwrap_model(resumed.model))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert resumed.kl_ctl.value == unbroken.kl_ctl.value
+    assert [h["objective/scores"] for h in resumed.history] == [h["objective/scores"] for h in unbroken.history]
+
+
+def test_save_policy_is_a_loadable_checkpoint(tokenizer, tmp_path):
+    t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
+    t.step()
+    t.save_policy(tmp_path / "ppo")
+    model, tok = lm.load_checkpoint(tmp_path / "ppo", device="cpu")
+    for (n, p), q in zip(t.policy.named_parameters(), model.parameters()):
+        assert torch.equal(p, q), n
+    assert (tmp_path / "ppo" / "value_head.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: clear errors that name the fix
+# --------------------------------------------------------------------------------------
+
+
+def test_minibatch_that_does_not_divide_the_batch(tokenizer):
+    with pytest.raises(ValueError, match=r"mini_batch_size=3 does not divide batch_size=8.*Pick one of"):
+        PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, mini_batch_size=3))
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS,
+                   dataclasses.replace(TINY, gradient_accumulation_steps=3))
+
+
+def test_prompt_longer_than_the_context(tokenizer):
+    long_prompt = " ".join(["i loved this film ."] * 6)  # 31 tokens with BOS
+    with pytest.raises(ValueError, match=r"exceeds the policy's context of 32 tokens.*lower max_new_tokens"):
+        PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS + [long_prompt], TINY)
+
+
+def test_resume_from_another_configuration(tokenizer, tmp_path):
+    t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
+    t.step()
+    t.save_state(tmp_path / "ck")
+    other = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, lr=5e-4))
+    with pytest.raises(ValueError, match=r"another configuration \(lr: saved 0.001, now 0.0005\)"):
+        other.load_state(tmp_path / "ck")
+    with pytest.raises(FileNotFoundError, match="not a complete PPO checkpoint"):
+        other.load_state(tmp_path / "nothing")
+
+
+def test_cuda_without_cuda(tokenizer):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="device='cpu'"):
+        PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY, device="cuda")
+
+
+def test_nan_reward_stops_with_the_step_and_the_quantity(tokenizer):
+    def nan_after_first(prompts, completions):
+        s = gold_fn(prompts, completions)
+        return s if t.step_count == 0 else s * float("nan")
+
+    t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, nan_after_first, PROMPTS, TINY)
+    t.step()
+    with pytest.raises(NonFiniteError, match="PPO step 2: scores is not finite"):
+        t.step()
