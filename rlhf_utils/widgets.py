@@ -615,24 +615,24 @@ def rating_widget(session: _Session):
         right.add_class("rlhf-side")
         sides = w.HBox([w.VBox([w.HTML("<b>A</b>"), left], layout=w.Layout(width="50%")),
                         w.VBox([w.HTML("<b>B</b>"), right], layout=w.Layout(width="50%"))])
-        buttons = {v: w.Button(description=f"{text} [{key}]", layout=w.Layout(width="auto"))
+        buttons = {v: w.Button(description=f"{text} [{key}]", layout=w.Layout(width="max-content"))
                    for v, (text, key) in VERDICTS.items()}
         actions = {v: (lambda v=v: session.choose(v)) for v in buttons}
     else:
         completion = w.HTML()
         completion.add_class("rlhf-side")
         sides = completion
-        buttons = {s: w.Button(description=f"{s} {SCORE_LABELS[s]} [{s}]", layout=w.Layout(width="auto"))
+        buttons = {s: w.Button(description=f"{s} {SCORE_LABELS[s]} [{s}]", layout=w.Layout(width="max-content"))
                    for s in SCORE_LABELS}
-        buttons[None] = w.Button(description="Skip [0]", layout=w.Layout(width="auto"))
+        buttons[None] = w.Button(description="Skip [0]", layout=w.Layout(width="max-content"))
         actions = {s: (lambda s=s: session.score(s)) for s in buttons}
-    undo_button = w.Button(description="Undo last [Backspace]", layout=w.Layout(width="auto"))
-    back_button = w.Button(description="◀ Back", layout=w.Layout(width="auto"))
-    next_button = w.Button(description="Next unjudged ▶", layout=w.Layout(width="auto"))
+    undo_button = w.Button(description="Undo last [Backspace]", layout=w.Layout(width="max-content"))
+    back_button = w.Button(description="◀ Back", layout=w.Layout(width="max-content"))
+    next_button = w.Button(description="Next unjudged ▶", layout=w.Layout(width="max-content"))
     key_box = w.Text(value=KEY_SENTINEL, layout=w.Layout(width="60px"), continuous_update=True)
     key_box.add_class("rlhf-keys")
-    key_help = w.HTML("<small>⌨ click the box, then type the key shown on a button "
-                      "(keys act only while the box has focus)</small>")
+    key_help = w.HTML("<small>⌨ keys: click this box first</small>",
+                      tooltip="Type the key shown on a button; keys act only while the box has focus.")
     status = w.HTML()
     status.add_class("rlhf-status")
     message = w.HTML()

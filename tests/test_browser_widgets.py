@@ -1,0 +1,196 @@
+"""The pairwise rating widget in a real browser: JupyterLab + headless Chromium (Playwright).
+
+Starts JupyterLab on 127.0.0.1 (a free port, no token) in a temporary root folder that
+holds one small notebook, opens it in Debian's Chromium, runs the widget cell, clicks
+and types like a reader, and checks the store, the progress label, and the resume after
+a kernel restart. Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from rlhf_utils.feedback import FeedbackStore, live_judgements
+from rlhf_utils.widgets import PairwiseSession
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+PAIRS = [
+    ("i watched this film .", "the acting was great .", "the acting was awful ."),
+    ("i read this book .", "the plot was lovely . i loved it .", "the plot was dull . i hated it ."),
+    ("i ate at this place .", "the pasta was wonderful .", "the pasta was was ."),
+    ("i heard this album .", "the songs were fantastic .", "the songs were boring ."),
+    ("i saw this film .", "overall , it was brilliant .", "overall , it was terrible ."),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _widget_cell(store: Path) -> str:
+    return (
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from rlhf_utils.widgets import PairwiseSession, rating_widget\n"
+        f"pairs = {PAIRS!r}\n"
+        f"session = PairwiseSession(pairs, {str(store)!r}, repeat_every=0, seed=0)\n"
+        "rating_widget(session)\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    store = root / "ratings.jsonl"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(_widget_cell(store))]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, root / "rate.ipynb")
+    port = _free_port()
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".cfg"), "JUPYTER_RUNTIME_DIR": str(root / ".run"),
+           "PYTHONPATH": str(REPO)}
+    log = open(root / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--allow-root", "--IdentityProvider.token=",
+         "--ServerApp.open_browser=False", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
+            time.sleep(0.5)
+    try:
+        yield url, root, store
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _wait_for_kernel(page, timeout_ms=120_000):
+    """Wait until a kernel is attached and idle (the status reads 'idle' before one is attached)."""
+    page.wait_for_function(
+        """() => {
+            const name = document.querySelector('.jp-NotebookPanel-toolbar .jp-KernelName, '
+                                                + '.jp-NotebookPanel-toolbar [data-jp-item-name="kernelName"]');
+            if (!name) return false;
+            const text = name.textContent.trim();
+            if (!text || text.includes('No Kernel')) return false;
+            const status = document.querySelector('.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator');
+            return !status || (status.getAttribute('data-status') || 'idle') === 'idle';
+        }""", timeout=timeout_ms)
+
+
+def _run_widget_cell(page):
+    page.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Escape")          # command mode, on the cell
+    page.keyboard.press("Shift+Enter")
+    start = page.get_by_role("button", name="Start rating")
+    start.wait_for(timeout=60_000)
+    return start
+
+
+def _status(page) -> str:
+    return page.locator(".rlhf-status").inner_text()
+
+
+def _message(page) -> str:
+    return page.locator(".rlhf-message").inner_text()
+
+
+def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
+    url, root, store = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = chromium_browser.new_page(viewport={"width": 1300, "height": 900})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{url}/lab/tree/rate.ipynb")
+        _wait_for_kernel(page)
+        news = page.get_by_role("button", name="No", exact=True)   # "notified about Jupyter news?" toast
+        if news.count():
+            news.first.click()
+        start = _run_widget_cell(page)
+        assert "How to judge" in page.locator(".rlhf-guidelines").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "pairwise_widget_guidelines.png"), full_page=True)
+        start.click()
+        # a missing widget extension shows plain text "VBox(...)": insist on real buttons
+        a_better = page.get_by_role("button", name="A is better [1]")
+        a_better.wait_for(state="visible")
+        assert page.get_by_role("button", name="Both bad [4]").is_visible()
+        a_better.click()
+        page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('1 of 5')")
+        a_better.click()
+        page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('2 of 5')")
+        page.get_by_role("button", name="Tie [3]").click()
+        page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('3 of 5')")
+        page.locator(".rlhf-keys input").click()
+        page.keyboard.press("2")
+        page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('4 of 5')")
+        page.get_by_role("button", name="Undo last [Backspace]").click()
+        page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('3 of 5')")
+        assert _status(page).startswith("3 of 5 done · 0 skipped")
+        assert "Undone" in _message(page) and "Item 4 of 5" in page.locator(".rlhf-rate").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "pairwise_widget.png"), full_page=True)
+
+        # the store: exactly the expected judgements, the A/B swap resolved
+        swapped = [e.swapped for e in PairwiseSession(PAIRS, root.parent / "scratch.jsonl", repeat_every=0, seed=0).entries]
+        records = FeedbackStore(store).records()
+        assert [r["kind"] for r in records] == ["pair", "pair", "pair", "pair", "undo"]
+        live = live_judgements(records)
+        assert [(r["prompt"], r["choice"]) for r in live] == [
+            (PAIRS[0][0], "b" if swapped[0] else "a"),
+            (PAIRS[1][0], "b" if swapped[1] else "a"),
+            (PAIRS[2][0], "tie"),
+        ]
+        assert records[3]["choice"] == ("a" if swapped[3] else "b")   # key 2 = the right side
+        assert records[4]["supersedes"] == records[3]["id"]
+        assert all(r["annotator"] == "you" and r["seconds"] > 0 for r in live)
+
+        # restart the kernel; the widget resumes where it stopped
+        page.get_by_role("menuitem", name="Kernel").click()
+        page.get_by_role("menuitem", name="Restart Kernel…").click()
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        page.wait_for_timeout(1500)
+        _wait_for_kernel(page)
+        _run_widget_cell(page).click()
+        page.wait_for_function("() => document.querySelector('.rlhf-message') && "
+                               "document.querySelector('.rlhf-message').innerText.includes('Resumed')")
+        assert "Resumed at 3/5." in _message(page)
+        # execution count 1 again: the kernel really was restarted
+        assert page.locator(".jp-Cell .jp-InputArea-prompt").first.inner_text().strip() == "[1]:"
+        assert _status(page).startswith("3 of 5 done")
+        assert "Item 4 of 5" in page.locator(".rlhf-rate").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "pairwise_widget_resumed.png"), full_page=True)
+        assert len(FeedbackStore(store).records()) == 5     # resuming wrote nothing
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "pairwise_widget_failure.png"), full_page=True)
+        (ARTIFACTS / "pairwise_widget_lab.log").write_text((root / "lab.log").read_text())
+        raise
+    finally:
+        page.close()
