@@ -224,6 +224,16 @@ class FeedbackConfig:
     """pairs the reader is asked to rate in the widget"""
     temperature: float = 0.15
     """Bradley-Terry temperature of the simulated annotator (lower = less noise)"""
+    n_calibration: int = 3
+    """calibration pairs with a known gold answer, shown to the reader first"""
+    repeat_every: int = 10
+    """one pair in this many comes back later, blind, to measure self-agreement (0 = never)"""
+    n_score_items: int = 5
+    """single completions the reader may give a 1-5 satisfaction score"""
+    sample_temperature: float = 1.0
+    """sampling temperature of the SFT policy when making the pairs"""
+    max_new_tokens: int = 48
+    """longest completion sampled, in tokens"""
     seed: int = 0
     """seed of sampling and of the simulated annotator"""
 
