@@ -13,6 +13,7 @@ BIN := $(VENV)/bin
 SCALE ?= $(or $(RLHF_SCALE),quick)
 ONLY ?=
 PYTEST_ARGS ?=
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 COURSE_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
@@ -32,7 +33,7 @@ test: $(TEST_STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: $(COURSE_STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "No python3 found: install Python 3.11 (or 3.10+)"; exit 1; }
