@@ -227,7 +227,7 @@ class NotebookRun:
     path: str
     """The source notebook."""
     status: str = "not run"
-    """``ok``, ``failed`` (a cell raised, timed out, or the kernel died) or ``not run``."""
+    """``ok``, ``failed`` (a cell raised, timed out, or the kernel died), ``not run`` or ``interrupted``."""
     figures: dict[str, Any] = field(default_factory=dict)
     """What the notebook reported with :func:`report`."""
     wall_s: float = 0.0
@@ -474,12 +474,13 @@ def format_summary(runs: Sequence[NotebookRun], width: int | None = None) -> str
     """The one-screen table: a line per notebook, then its figures wrapped beneath."""
     width = width or min(shutil.get_terminal_size((100, 20)).columns, 120)
     name_w = max([len("notebook"), *(len(r.name) for r in runs)])
-    lines = [f"{'notebook':<{name_w}}  {'status':<7}  {'wall':>7}  {'peak mem':>9}"]
+    status_w = max([len("status"), *(len(r.status) for r in runs)])
+    lines = [f"{'notebook':<{name_w}}  {'status':<{status_w}}  {'wall':>7}  {'peak mem':>9}"]
     lines.append("-" * len(lines[0]))
     for r in runs:
         mem = f"{r.peak_rss_mb:.0f} MiB" if r.peak_rss_mb is not None else "-"
-        wall = _format_seconds(r.wall_s) if r.status != "not run" else "-"
-        lines.append(f"{r.name:<{name_w}}  {r.status:<7}  {wall:>7}  {mem:>9}")
+        wall = _format_seconds(r.wall_s) if r.status not in ("not run", "interrupted") else "-"
+        lines.append(f"{r.name:<{name_w}}  {r.status:<{status_w}}  {wall:>7}  {mem:>9}")
         if r.figures:
             text = ", ".join(f"{k}={_format_value(v)}" for k, v in r.figures.items())
             lines += textwrap.wrap(text, width=width, initial_indent="    ", subsequent_indent="    ")
@@ -554,8 +555,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Running {len(selected)} notebook(s) at scale {scale!r}; results in {out_dir}/", flush=True)
 
     runs = [NotebookRun(name=p.stem, path=str(p.resolve()), scale=scale) for p in selected]
+    interrupted = False
     for i, path in enumerate(selected):
-        runs[i] = run = run_notebook(path, scale, out_dir, timeout=args.timeout, progress=not args.no_progress)
+        try:
+            runs[i] = run = run_notebook(path, scale, out_dir, timeout=args.timeout, progress=not args.no_progress)
+        except KeyboardInterrupt:  # Ctrl-C: keep what finished, say where it stopped
+            runs[i].status, interrupted = "interrupted", True
+            write_summary(runs, out_dir, scale)
+            print(f"\n{prog}: interrupted during {path.stem}", file=sys.stderr)
+            break
         write_summary(runs, out_dir, scale)
         if not run.ok:
             print(f"\n{prog}: {run.describe_failure()}\n", file=sys.stderr, flush=True)
@@ -563,7 +571,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(format_summary(runs))
+    print(f"total wall time: {_format_seconds(sum(r.wall_s for r in runs))}")
     print(f"\nsummary: {out_dir / 'summary.json'}   executed notebooks and HTML: {out_dir}/")
+    if interrupted:
+        return 130
     return 0 if all(r.ok for r in runs) else 1
 
 
