@@ -212,6 +212,8 @@ class CartPoleConfig:
     """torch CPU threads while training (1 is fastest for a 64x64 MLP; restored afterwards)"""
     eval_episodes: int = 10
     """episodes of the deterministic (greedy) policy in the final evaluation"""
+    text_env_timesteps: int = 5_000
+    """SB3 PPO budget on notebook 02's toy text-generation environment (the article used 10,000)"""
 
 
 @dataclass(frozen=True)
@@ -360,7 +362,7 @@ PRESETS: dict[str, Preset] = {
         lm=LMConfig(n_layer=12, n_head=12, n_embd=768, n_positions=128, steps=6_000,
                     batch_size=128, lr=6e-4, warmup_steps=300),
         sft=SFTConfig(n_demonstrations=20_000, steps=1_500, batch_size=64, lr=1e-4),
-        cartpole=CartPoleConfig(total_timesteps=50_000),
+        cartpole=CartPoleConfig(total_timesteps=50_000, text_env_timesteps=10_000),
         feedback=FeedbackConfig(n_pairs=10_000),
         reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5),
         ppo=PPOConfig(steps=200, batch_size=256, mini_batch_size=64, ppo_epochs=4, lr=1e-5,
