@@ -6,8 +6,9 @@ reader's own checkpoints and ratings are never touched). A notebook's test then 
 figures it reported with ``rlhf_utils.course.report(...)`` against :data:`CHECKS`.
 
 Notebook owners: add your notebook's claims to CHECKS (each a Python expression over the
-names you report) and its inputs to NEEDS. A notebook whose inputs failed is skipped with
-the reason, pointing at the failed test; a notebook that does not exist yet is skipped.
+names you report) and its inputs to NEEDS. A notebook that does not exist yet is skipped,
+and so is one whose inputs failed or do not exist yet, with the reason (a failed input
+fails its own test).
 
 Environment: ``RLHF_TEST_SCALE`` (default ``quick``) and ``RLHF_NOTEBOOK_TIMEOUT`` (seconds
 per cell, default 900) change how the notebooks are run here.
@@ -86,17 +87,14 @@ class CourseRuns:
         path = self.notebooks[number]
         for dep in self.needs(number):
             if dep not in self.notebooks:
-                continue  # the notebook will say itself which input is missing
-            dep_run = self.get(dep)
-            if not dep_run.ok:
-                run = NotebookRun(
-                    name=path.stem,
-                    path=str(path),
-                    scale=self.scale,
-                    error=f"not run: it needs {dep_run.name}, which {dep_run.status.replace('not run', 'was not run')}",
-                )
-                self.runs[number] = run
-                return run
+                why = f"not run: it needs {dep}_{COURSE.get(dep, 'notebook')}, which does not exist yet"
+            else:
+                dep_run = self.get(dep)
+                if dep_run.ok:
+                    continue
+                why = f"not run: it needs {dep_run.name}, which {dep_run.status.replace('not run', 'was not run')}"
+            self.runs[number] = NotebookRun(name=path.stem, path=str(path), scale=self.scale, error=why)
+            return self.runs[number]
         self.runs[number] = run_notebook(path, self.scale, self.out_dir, timeout=self.timeout, env=self.env)
         return self.runs[number]
 
@@ -140,7 +138,7 @@ def test_notebook_runs_and_its_claims_hold(name, course):
         pytest.skip(f"notebooks/{name}.ipynb does not exist yet")
     run = course.get(number)
     if run.status == "not run":
-        pytest.skip(run.error)
+        pytest.skip(f"{run.name} {run.error}")
     assert run.ok, run.describe_failure()
     failures = failed_checks(CHECKS.get(number, []), run.figures)
     assert not failures, f"{run.name} (executed copy: {run.executed_path}):\n" + "\n".join(failures)
@@ -168,3 +166,14 @@ def test_a_failed_notebook_skips_those_that_need_it(tmp_path):
     assert course.runs["01"].status == "failed" and "02" not in course.runs
     assert course.get("02").ok
     assert course.get("01") is course.runs["01"]  # never run twice
+
+
+def test_a_notebook_whose_input_does_not_exist_yet_is_not_run(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), tmp_path / "05_reward.ipynb")
+    course = CourseRuns(tmp_path / "runs", "quick", 60, {}, notebooks_dir=tmp_path)
+    run = course.get("05")
+    assert run.status == "not run"
+    assert run.error == "not run: it needs 03_supervised_finetuning, which does not exist yet"
