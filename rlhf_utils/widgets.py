@@ -50,6 +50,7 @@ import hashlib
 import html
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -140,6 +141,14 @@ def widget_frontend() -> tuple[bool, str]:
     return True, "Jupyter kernel with a front end"
 
 
+def _last_annotator(store: FeedbackStore) -> str | None:
+    """The rater of the store's latest record (so the name is asked only once)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported when the session starts
+        records = store.records()
+    return records[-1]["annotator"] if records else None
+
+
 # --------------------------------------------------------------------------------------
 # Session logic (no display)
 # --------------------------------------------------------------------------------------
@@ -176,7 +185,8 @@ class _Session:
                  annotator: str | None = None, clock: Callable[[], float] = time.monotonic):
         self.store = store if isinstance(store, FeedbackStore) else FeedbackStore(store)
         self.entries = entries
-        self.annotator = annotator or READER
+        self.annotator = annotator or _last_annotator(self.store) or READER  # asked once: remembered
+        self.store_warnings: list[str] = []
         self.clock = clock
         self.started = False
         self.position = 0
@@ -208,7 +218,13 @@ class _Session:
         if stamp == self._store_stamp:
             return
         keys = {self._dkey(e) for e in self.entries}
-        live = live_judgements(self.store.records(), annotator=self.annotator, kind=self.kind)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = self.store.records()
+        self.store_warnings = [str(w.message) for w in caught]
+        for w in caught:  # passed on, so they show in the notebook too
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        live = live_judgements(records, annotator=self.annotator, kind=self.kind)
         self.done = {}
         for r in live:
             k = (r["item"], bool(r.get("repeat", False)))
@@ -283,6 +299,9 @@ class _Session:
                 self.message = f"Welcome, {self.annotator}: {len(self.entries)} items to judge."
             if self.position >= len(self.entries):
                 self.message += " All done: run the next cell."
+        if self.store_warnings:
+            self.message += (f" Note: {len(self.store_warnings)} line(s) of the store were skipped, e.g. "
+                             f"{self.store_warnings[0]}")
         self._changed()
         return self.message
 

@@ -82,6 +82,7 @@ def test_resume_after_restart(tmp_path):
     again = _session(tmp_path)               # a new kernel, same pairs, same store
     assert again.start("alice") == "Resumed at 3/12."
     assert again.position == 3 and again.entries[3].swapped == s.entries[3].swapped
+    assert _session(tmp_path).annotator == "alice"     # the name is remembered
     fresh = _session(tmp_path)               # another rater starts from the beginning
     fresh.start("bob")
     assert fresh.position == 0 and fresh.n_done == 0
@@ -136,9 +137,13 @@ def test_failed_write_loses_nothing(tmp_path, monkeypatch):
 def test_newer_schema_line_in_store_warns(tmp_path):
     path = tmp_path / "ratings.jsonl"
     path.write_text(json.dumps(dict(pair_record(*PAIRS[0], "a"), schema=SCHEMA_VERSION + 1)) + "\n")
-    s = _session(tmp_path)
+    s = _session(tmp_path, annotator="you")
     with pytest.warns(FeedbackWarning, match="upgrade rlhf_utils"):
         s.start()
+    assert "1 line(s) of the store were skipped" in s.message and "upgrade rlhf_utils" in s.message
+    s.choose("A")                                   # the store still takes new judgements
+    with pytest.warns(FeedbackWarning):
+        assert len(_live(tmp_path)) == 1
 
 
 def test_calibration_pairs_and_score(tmp_path):
