@@ -477,7 +477,8 @@ class PPOAgent:
         if mode not in (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP):
             raise ValueError(f"autoreset_mode={mode} is not supported: use NEXT_STEP (the default) or SAME_STEP.")
         self.same_step = mode == gym.vector.AutoresetMode.SAME_STEP
-        self.net = ActorCritic(self.obs_dim, self.n_actions, config.hidden_sizes, seed=config.seed)
+        with _torch_threads(config.torch_threads):  # bit-for-bit the same init whatever the global setting
+            self.net = ActorCritic(self.obs_dim, self.n_actions, config.hidden_sizes, seed=config.seed)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
         self.generator = torch.Generator().manual_seed(config.seed)
 
@@ -497,7 +498,8 @@ class PPOAgent:
 
     def evaluate(self, n_episodes: int | None = None, seed: int = 10_000) -> list[float]:
         """Returns of the greedy policy over ``n_episodes`` (config.eval_episodes) episodes."""
-        return evaluate_policy(self.act, self.config.env_id, n_episodes or self.config.eval_episodes, seed)
+        with _torch_threads(self.config.torch_threads):
+            return evaluate_policy(self.act, self.config.env_id, n_episodes or self.config.eval_episodes, seed)
 
     # ---- training ----------------------------------------------------------------------
 

@@ -280,3 +280,15 @@ def test_discount_factors_outside_unit_interval_are_refused(field, value):
     if field == "gamma":
         with pytest.raises(ValueError, match="outside"):
             discounted_returns(torch.ones(3), value)
+
+
+def test_agent_does_not_depend_on_global_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = PPOAgent(_small())
+        torch.set_num_threads(1)
+        b = PPOAgent(_small())
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(p, q) for p, q in zip(a.net.parameters(), b.net.parameters()))
