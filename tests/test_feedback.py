@@ -396,3 +396,33 @@ def test_committed_example_store_loads():
         records = load_records(path)
     assert len(records) >= 5
     assert len(to_preference_dataset(live_judgements(records))) >= 2
+
+
+def test_export_trains_trl_dpo_trainer_one_step(tmp_path):
+    import copy
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from trl import DPOConfig, DPOTrainer
+
+    rng = np.random.default_rng(1)
+    words = ["great", "awful", "good", "bad", "film", "book"]
+    judgements = [pair_record(f"i saw this {rng.choice(words[4:])} .", f"it was {rng.choice(words)} .",
+                              f"it was very {rng.choice(words)} .", "a" if i % 2 else "b") for i in range(8)]
+    ds = to_preference_dataset(judgements)
+    tokenizer = _tiny_tokenizer(list(ds["prompt"]) + list(ds["chosen"]) + list(ds["rejected"]))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                       bos_token_id=tokenizer.eos_token_id))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=4,
+                     learning_rate=1e-2, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=ds,
+                         processing_class=tokenizer)
+    result = trainer.train()
+    # at step 0 policy == reference, so the DPO loss is exactly log 2
+    assert result.global_step == 1 and result.training_loss == pytest.approx(np.log(2), abs=1e-4)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    row = trainer.train_dataset[0]
+    assert tokenizer.unk_token_id not in row["prompt_ids"] + row["chosen_ids"] + row["rejected_ids"]
