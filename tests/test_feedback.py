@@ -196,10 +196,15 @@ def test_sigkill_mid_stream_keeps_every_completed_judgement(tmp_path):
     rest, _ = proc.communicate(timeout=30)
     acknowledged += [x for x in rest.split("\n") if len(x) == 32]
     import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")          # a kill between whole-line writes leaves no torn line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         ids = {r["id"] for r in load_records(path)}
     assert set(acknowledged) <= ids and len(ids) >= 300
+    # at most the line being written when the kill came may be torn (the kernel can stop a write
+    # at a page boundary on a fatal signal); it is the last line, and it is reported, not dropped
+    n_lines = len(path.read_bytes().splitlines())
+    messages = [str(w.message) for w in caught]
+    assert len(messages) <= 1 and all(f"{path}:{n_lines}: skipped (truncated" in m for m in messages)
 
 
 def test_two_writers_never_interleave(tmp_path):
