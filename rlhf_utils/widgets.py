@@ -195,6 +195,7 @@ class _Session:
         self._shown_at = clock()
         self._store_stamp: tuple | None = None
         self.on_change: list[Callable[[], None]] = []  # display callbacks
+        self.refresh()  # progress is right even before "Start rating"
 
     # ---- state -----------------------------------------------------------------------
 
