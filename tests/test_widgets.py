@@ -137,7 +137,8 @@ def test_failed_write_loses_nothing(tmp_path, monkeypatch):
 def test_newer_schema_line_in_store_warns(tmp_path):
     path = tmp_path / "ratings.jsonl"
     path.write_text(json.dumps(dict(pair_record(*PAIRS[0], "a"), schema=SCHEMA_VERSION + 1)) + "\n")
-    s = _session(tmp_path, annotator="you")
+    with pytest.warns(FeedbackWarning, match="upgrade rlhf_utils"):
+        s = _session(tmp_path, annotator="you")
     with pytest.warns(FeedbackWarning, match="upgrade rlhf_utils"):
         s.start()
     assert "1 line(s) of the store were skipped" in s.message and "upgrade rlhf_utils" in s.message
