@@ -160,14 +160,16 @@ def ppo_value_loss(
     clip_coef: float | None = None,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """0.5 * E[(V - R)^2], or its clipped form when ``clip_coef`` is given (CleanRL ppo.py;
-    detail 9 of Huang et al. 2022):  0.5 * E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)].
+    """E[(V - R)^2] (Schulman et al. 2017, eq. 9: L^VF; SB3 computes the same), or, when
+    ``clip_coef`` is given, its clipped form E[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)]
+    (CleanRL ppo.py; detail 9 of Huang et al. 2022). CleanRL puts a factor 1/2 in front of
+    both; we do not, so that ``vf_coef`` means what it means in the paper and in SB3.
     All inputs [B]."""
     loss = (values - returns) ** 2
     if clip_coef is not None:
         v_clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
         loss = torch.maximum(loss, (v_clipped - returns) ** 2)
-    return 0.5 * _mean(loss, weights)
+    return _mean(loss, weights)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -131,9 +131,12 @@ def test_unclipped_surrogate_gradient_at_ratio_one_is_policy_gradient():
 
 def test_value_loss_clipped_and_plain():
     v, old, ret = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([3.0, 0.5])
-    assert float(ppo_value_loss(v, old, ret)) == pytest.approx(0.5 * (1.0 + 0.25) / 2)
+    assert float(ppo_value_loss(v, old, ret)) == pytest.approx((1.0 + 0.25) / 2)
     # clip 0.5: V_clipped = [1.5, 0.5] -> errors [2.25, 0]; max with [1, 0.25] -> [2.25, 0.25]
-    assert float(ppo_value_loss(v, old, ret, clip_coef=0.5)) == pytest.approx(0.5 * (2.25 + 0.25) / 2)
+    assert float(ppo_value_loss(v, old, ret, clip_coef=0.5)) == pytest.approx((2.25 + 0.25) / 2)
+    # the same as the loss Stable-Baselines3 computes (F.mse_loss), clipped or not
+    import torch.nn.functional as F
+    assert float(ppo_value_loss(v, old, ret)) == pytest.approx(float(F.mse_loss(ret, v)))
 
 
 def _k3_exact(x: float) -> float:
