@@ -613,19 +613,23 @@ class PPOAgent:
         if cfg.norm_adv and whole:  # normalising the same batch every epoch: do it once
             advantages = _normalise(advantages, valid)
         log_ratios, masks = [], []
+        data = (obs, actions, old_logp, old_values, advantages, returns, valid)
         for _ in range(cfg.update_epochs):
-            perm = torch.arange(B) if whole else torch.randperm(B, generator=self.generator)
+            if not whole:  # shuffle once per epoch, then take contiguous slices (views, no copies)
+                perm = torch.randperm(B, generator=self.generator)
+                data = tuple(x[perm] for x in data)
+            b_obs, b_act, b_logp, b_val, b_adv, b_ret, b_valid = data
             for start in range(0, B, mb):
-                idx = perm[start : start + mb]
-                w = valid[idx]
-                logits, values = net(obs[idx])  # [mb, A], [mb]
+                sl = slice(start, start + mb)
+                w = b_valid[sl]
+                logits, values = net(b_obs[sl])  # [mb, A], [mb]
                 logp_all = torch.log_softmax(logits, -1)
-                logp = logp_all.gather(1, actions[idx, None]).squeeze(-1)  # [mb]
-                adv = advantages[idx]
+                logp = logp_all.gather(1, b_act[sl, None]).squeeze(-1)  # [mb]
+                adv = b_adv[sl]
                 if cfg.norm_adv and not whole:  # detail 7: per minibatch, over real samples
                     adv = _normalise(adv, w)
-                pg_loss = ppo_policy_loss(logp, old_logp[idx], adv, clip, w)
-                v_loss = ppo_value_loss(values, old_values[idx], returns[idx], clip if cfg.clip_vloss else None, w)
+                pg_loss = ppo_policy_loss(logp, b_logp[sl], adv, clip, w)
+                v_loss = ppo_value_loss(values, b_val[sl], b_ret[sl], clip if cfg.clip_vloss else None, w)
                 loss = pg_loss + cfg.vf_coef * v_loss
                 if cfg.ent_coef:
                     entropy = _mean(-(logp_all.exp() * logp_all).sum(-1), w)
@@ -634,17 +638,17 @@ class PPOAgent:
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-                log_ratios.append((logp - old_logp[idx]).detach())
+                log_ratios.append((logp - b_logp[sl]).detach())
                 masks.append(w)
         with torch.no_grad():
-            log_ratio, w = torch.cat(log_ratios), torch.cat(masks)
+            log_ratio, all_w = torch.cat(log_ratios), torch.cat(masks)
             keep = valid.bool()
             return {
                 "loss/policy": pg_loss.item(),
                 "loss/value": v_loss.item(),
-                "policy/entropy": _mean(entropy_from_logits(logits), valid[idx]).item(),
-                "policy/approx_kl": approx_kl(log_ratio, w).item(),
-                "policy/clipfrac": clip_fraction(log_ratio, clip, w).item(),
+                "policy/entropy": _mean(entropy_from_logits(logits), w).item(),
+                "policy/approx_kl": approx_kl(log_ratio, all_w).item(),
+                "policy/clipfrac": clip_fraction(log_ratio, clip, all_w).item(),
                 "val/explained_variance": explained_variance(old_values[keep], returns[keep]),
             }
 
