@@ -330,6 +330,8 @@ class PPOConfig:
     """gradient clipping (global L2 norm)"""
     n_prompts: int = 2_000
     """training prompts drawn from the world"""
+    n_eval: int = 256
+    """held-out prompts of the before/after evaluation (notebook 06)"""
     lora_r: int = 0
     """LoRA rank (``peft``) for models too big to fine-tune fully; 0 = full fine-tuning"""
     lora_alpha: int = 16
@@ -366,7 +368,7 @@ PRESETS: dict[str, Preset] = {
         feedback=FeedbackConfig(n_pairs=10_000),
         reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5),
         ppo=PPOConfig(steps=200, batch_size=256, mini_batch_size=64, ppo_epochs=4, lr=1e-5,
-                      max_new_tokens=64, n_prompts=20_000),
+                      max_new_tokens=64, n_prompts=20_000, n_eval=1_024),
     ),
 }
 

@@ -256,7 +256,9 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     whose clipped term was the larger.
     """
     m = mask.to(values.dtype)
-    loss = rl.ppo_value_loss(values, old_values, returns, cliprange_value, weights=m)
+    # rl.ppo_value_loss is E[max(...)] (the PPO paper's L^VF); lm-human-preferences and TRL,
+    # whose vf_coef = 0.1 we use, put 1/2 in front.
+    loss = 0.5 * rl.ppo_value_loss(values, old_values, returns, cliprange_value, weights=m)
     loss = loss * _renormalise(mask, num_tokens)
     with torch.no_grad():
         clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
@@ -498,6 +500,7 @@ class PPOTrainer:
         self.sample_gen = torch.Generator(device=self.device).manual_seed(c.seed + 1_000_003 * (self.rank + 1))
         self.shuffle_gen = torch.Generator().manual_seed(c.seed + 2_000_003 * (self.rank + 1))
         self.step_count = 0
+        self.total_steps = c.steps  # length of the learning-rate schedule
         self.history: list[dict] = []
 
     # ---- checks -----------------------------------------------------------------------
@@ -628,9 +631,9 @@ class PPOTrainer:
         advantages = masked_whiten(advantages, mask, all_reduce_sum=self._sum)
         self._check_finite(advantages=advantages, returns=returns)
 
-        if c.anneal_lr:
+        if c.anneal_lr:  # linearly to 0 over the run (train(steps=...) sets its length)
             for group in self.optimizer.param_groups:
-                group["lr"] = c.lr * (1.0 - self.step_count / c.steps)
+                group["lr"] = c.lr * max(0.0, 1.0 - self.step_count / self.total_steps)
         input_ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)  # [B, P+R]
         attention_mask = torch.cat([ro.prompt_mask, ro.response_mask], 1)  # [B, P+R]
         start = ro.prompt_ids.shape[1] - 1
@@ -724,6 +727,7 @@ class PPOTrainer:
         from tqdm.auto import tqdm
 
         total = self.config.steps if steps is None else steps
+        self.total_steps = max(total, 1)
         bar = tqdm(total=total, initial=self.step_count, desc="PPO",
                    disable=not progress or not self.accelerator.is_main_process)
         try:
