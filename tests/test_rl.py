@@ -20,6 +20,7 @@ from rlhf_utils.rl import (
     a2c_config,
     approx_kl,
     clip_fraction,
+    clip_grad_norm,
     discounted_returns,
     explained_variance,
     gae_advantages,
@@ -158,6 +159,20 @@ def test_approx_kl_naive_form_fails_where_ours_does_not():
     naive = (torch.exp(x) - 1) - x  # the textbook (r - 1) - log r
     assert float(approx_kl(x)) == pytest.approx(5e-13, rel=1e-3)
     assert abs(float(naive.mean()) - 5e-13) > 1e-9  # cancellation: off by orders of magnitude
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])
+def test_clip_grad_norm_matches_torch(max_norm):
+    nets = [ActorCritic(4, 2, seed=0), ActorCritic(4, 2, seed=0)]
+    x = torch.randn(16, 4)
+    for net in nets:
+        logits, values = net(x)
+        (logits.sum() + values.pow(2).sum()).backward()
+    ours = clip_grad_norm(list(nets[0].parameters()), max_norm)
+    ref = torch.nn.utils.clip_grad_norm_(nets[1].parameters(), max_norm)
+    assert torch.allclose(ours, ref)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-8)
 
 
 def test_clipfrac_and_explained_variance():
