@@ -246,6 +246,8 @@ class RewardConfig:
 
     epochs: int = 3
     """passes over the training pairs"""
+    min_steps: int = 60
+    """at least this many optimizer steps (a small label set gets more epochs)"""
     batch_size: int = 32
     """pairs per step"""
     lr: float = 3e-4
@@ -258,8 +260,8 @@ class RewardConfig:
     """Bradley-Terry margin m in -log sigma(r_c - r_r - m) (Llama 2); 0 = plain BT"""
     eval_fraction: float = 0.2
     """share of pairs held out for evaluation"""
-    eval_every: int = 10
-    """optimizer steps between held-out evaluations"""
+    eval_every: int = 25
+    """optimizer steps between held-out evaluations (at most one epoch)"""
     patience: int = 5
     """evaluations without a lower held-out loss before stopping early"""
     n_normalise: int = 512

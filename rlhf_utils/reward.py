@@ -34,7 +34,8 @@ Implementation details, in the order they happen:
    which is information -- and a reader's ties are too scarce to throw away.
 5. **Margin** (optional, Llama 2, Touvron et al. 2023): ``-log sigma(d - m)`` asks the
    chosen reward to beat the rejected one by at least ``m``; not applied to ties.
-6. **Training**: AdamW, gradient clipping, held-out loss every ``eval_every`` steps,
+6. **Training**: AdamW, gradient clipping, held-out loss every ``eval_every`` steps
+   (and at least once per epoch, so a small label set is watched closely),
    early stopping after ``patience`` evaluations without improvement, best weights
    restored.
 7. **Normalisation**: ``r_norm = gain * r + bias`` with gain and bias chosen so that
@@ -80,8 +81,8 @@ class PreferencePair:
     """One judgement: given ``prompt``, ``chosen`` was preferred to ``rejected``.
 
     With ``tie=True`` the two were judged equally good (the order means nothing).
-    ``annotator`` says who judged: ``"reader"`` (you, in notebook 04's widget) or the
-    simulated annotator's name.
+    ``annotator`` says who judged: the reader's name (``"you"`` unless they chose
+    another, in notebook 04's widget) or the simulated annotator's (``"simulated"``).
     """
 
     prompt: str
@@ -510,7 +511,7 @@ class PairEvaluation:
     """tie flags"""
 
 
-def evaluate_pairs(model: RewardModel, pairs: Sequence[PreferencePair], batch_size: int = 64,
+def evaluate_pairs(model: RewardModel, pairs: Sequence[PreferencePair], batch_size: int = 256,
                    margin: float = 0.0) -> PairEvaluation:
     """Loss, accuracy and predicted probabilities of ``model`` on ``pairs`` (no grad)."""
     chosen, rejected, tie = _pair_tensors(model, pairs)
@@ -613,7 +614,9 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
     chosen, rejected, tie = _pair_tensors(model, train_pairs)
     n = len(train_pairs)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    total = config.epochs * steps_per_epoch
+    epochs = max(config.epochs, math.ceil(getattr(config, "min_steps", 0) / steps_per_epoch))
+    total = epochs * steps_per_epoch
+    eval_every = max(1, min(config.eval_every, steps_per_epoch))  # at least once per epoch
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for name, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -638,7 +641,7 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
     evaluate(0)
     step, stop = 0, False
     bar = tqdm(total=total, desc="reward model", disable=not progress)
-    for _ in range(config.epochs):
+    for _ in range(epochs):
         order = torch.randperm(n, generator=g)
         for i in range(0, n, config.batch_size):
             idx = order[i:i + config.batch_size].tolist()
@@ -655,7 +658,7 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
             hist.train_loss.append(loss.item())
             hist.train_accuracy.append(((d > 0).float().mean().item()) if d.numel() else float("nan"))
             bar.update(1)
-            if step % config.eval_every == 0 or step == total:
+            if step % eval_every == 0 or step == total:
                 stop = evaluate(step)
                 bar.set_postfix(eval_loss=f"{hist.eval_loss[-1]:.3f}", eval_acc=f"{hist.eval_accuracy[-1]:.3f}")
                 if stop:

@@ -345,7 +345,7 @@ def test_train_learns_a_preference(tokenizer):
             good, bad = "it was good .", "it was awful ."
         pairs.append(R.PreferencePair(p, good, bad, tie=(i % 10 == 0)))
     train, held = R.split_pairs(pairs, 0.2, seed=0)
-    cfg = RewardConfig(epochs=6, batch_size=16, lr=3e-3, eval_every=4, patience=100)
+    cfg = RewardConfig(epochs=6, min_steps=0, batch_size=16, lr=3e-3, eval_every=4, patience=100)
     before = {k: v.clone() for k, v in rm.state_dict().items()}
     hist = R.train_reward_model(rm, train, held, cfg, progress=False)
     ev = R.evaluate_pairs(rm, held)
@@ -367,6 +367,13 @@ def test_early_stopping_restores_best(tokenizer):
     hist = R.train_reward_model(rm, train, held, cfg, progress=False)
     assert hist.stopped_early and hist.best_step == 0 and len(hist.eval_step) == 4
     assert R.evaluate_pairs(rm, held).loss == pytest.approx(hist.eval_loss[0], abs=1e-5)
+
+
+def test_min_steps_adds_epochs(rm):
+    cfg = RewardConfig(epochs=1, min_steps=7, batch_size=10, eval_every=100, patience=100)
+    hist = R.train_reward_model(rm, _pairs(20), _pairs(10), cfg, progress=False)
+    assert hist.step == list(range(1, 9))  # 2 steps per epoch; ceil(7 / 2) = 4 epochs
+    assert hist.eval_step == [0, 2, 4, 6, 8]  # eval_every=100 is capped at once per epoch
 
 
 def test_train_empty_inputs(rm):
