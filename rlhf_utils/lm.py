@@ -1,0 +1,490 @@
+"""Language models: tokenizer, a small GPT, training, sampling, log-probabilities.
+
+Everything the course needs from a causal language model, written once and tested:
+
+* :func:`train_tokenizer` -- a word-level tokenizer trained with Hugging Face
+  ``tokenizers`` and wrapped as a ``PreTrainedTokenizerFast`` (pad != eos);
+* :func:`build_model` -- a GPT-2-style decoder (Radford et al. 2019) from a
+  ``transformers`` config, sized by :class:`rlhf_utils.config.LMConfig`;
+* :func:`train_lm` -- next-token training, used both for pre-training (no prompt) and
+  for supervised fine-tuning (loss masked to the completion, Ouyang et al. 2022);
+* :func:`sample` -- greedy / temperature / top-k / top-p sampling (Holtzman et al.
+  2020) with the KV cache, left-padded prompts, and response masks exact after EOS;
+* :func:`response_logprobs` -- log pi(token | prefix) of each response token, the
+  quantity PPO, the KL penalty and DPO are built from;
+* :func:`save_checkpoint` / :func:`load_checkpoint` -- Hugging Face folders
+  (safetensors), loaded through ``AutoModelForCausalLM`` / ``AutoTokenizer`` so a hub
+  id such as ``"gpt2"`` works the same way on a connected machine.
+
+Shapes: B = batch, P = prompt length, R = response length, T = sequence length,
+V = vocabulary size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer and model
+# --------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: list[str]):
+    """A word-level tokenizer for ``texts``: one word or punctuation mark = one token.
+
+    Encoding prepends ``<bos>``; ``<eos>`` is added by whoever builds training
+    sequences (and produced by the model when it ends a text). ``<pad>`` is its own
+    token, distinct from ``<eos>``, so nothing mistakes padding for the end of a text.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[PAD, BOS, EOS, UNK]))
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        padding_side="left", model_max_length=10_000,
+    )
+
+
+def build_model(config, tokenizer):
+    """A GPT-2-style decoder sized by ``config`` (an :class:`LMConfig`), for ``tokenizer``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt_config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(config.seed)
+    return GPT2LMHeadModel(gpt_config)
+
+
+def context_length(model) -> int:
+    """The longest sequence the model accepts (positions it has embeddings for)."""
+    c = model.config
+    return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None) or 10**9
+
+
+# --------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without BOS/EOS."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def pad_left(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad lists of ids: (ids [B, L], mask [B, L]) with real tokens at the right."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_right(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad lists of ids: (ids [B, L], mask [B, L]) with real tokens at the left."""
+    flipped_ids, flipped_mask = pad_left([r[::-1] for r in rows], pad_id, device)
+    return flipped_ids.flip(1), flipped_mask.flip(1)
+
+
+def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as a left-padded batch starting with BOS: (input_ids [B, P], attention_mask [B, P]).
+
+    Left padding puts every prompt's last token in the last column, so generation
+    appends the next token to the same column for every row.
+    """
+    rows = [[tokenizer.bos_token_id] + _ids(tokenizer, p) for p in prompts]
+    return pad_left(rows, tokenizer.pad_token_id, device)
+
+
+def encode_responses(tokenizer, completions: list[str], device=None, add_eos: bool = True):
+    """Completions as a right-padded batch, each ended by EOS: (ids [B, R], mask [B, R])."""
+    rows = [_ids(tokenizer, c) + ([tokenizer.eos_token_id] if add_eos else []) for c in completions]
+    return pad_right(rows, tokenizer.pad_token_id, device)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0, 1, 2, ... counted over real tokens only (padding gets 0).
+
+    With left padding the first real token must still sit at position 0, or the
+    model sees a different text than it was trained on.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# --------------------------------------------------------------------------------------
+# Log-probabilities
+# --------------------------------------------------------------------------------------
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[..., index] without materialising the whole log-softmax.
+
+    Naive equivalent: ``torch.log_softmax(logits, -1).gather(-1, index[..., None])[..., 0]``.
+    """
+    logits = logits.float()
+    return logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis, in nats.
+
+    Naive equivalent: ``-(p * p.log()).sum(-1)`` with ``p = softmax(logits)``.
+    """
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float = 1.0, with_entropy: bool = False):
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for every t: [B, T-1].
+
+    Positions come from the mask, so left- and right-padded batches give the same
+    numbers for the same text. With ``with_entropy`` also returns the entropy of each
+    next-token distribution, [B, T-1]. Logits are divided by ``temperature`` (the
+    distribution a policy sampled at that temperature actually followed).
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    logits = out.logits[:, :-1] / temperature  # [B, T-1, V]
+    logprobs = selective_log_softmax(logits, input_ids[:, 1:])
+    return (logprobs, entropy_from_logits(logits)) if with_entropy else logprobs
+
+
+def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probabilities of each response token given its prompt and the tokens before it.
+
+    Prompts left-padded [B, P], responses right-padded [B, R]; returns [B, R] (and the
+    entropy [B, R] with ``with_entropy``). Values at padded positions are meaningless:
+    multiply by ``response_mask``.
+    """
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    out = token_logprobs(model, input_ids, attention_mask, temperature, with_entropy)
+    start = prompt_ids.shape[1] - 1  # the last prompt token predicts the first response token
+    if with_entropy:
+        return out[0][:, start:], out[1][:, start:]
+    return out[:, start:]
+
+
+def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: list[str],
+                          add_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of each continuation (and its EOS) given its prompt.
+
+    Returns (logprobs [B, R], mask [B, R]); ``(logprobs * mask).sum(1)`` is the
+    log-probability of the whole continuation.
+    """
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    response_ids, response_mask = encode_responses(tokenizer, continuations, device, add_eos)
+    logprobs = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    return logprobs * response_mask, response_mask
+
+
+# --------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits of each row, set the rest to -inf (k <= 0: keep all)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``p``.
+
+    The most likely token is always kept; p >= 1 keeps everything.
+    """
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+@dataclass
+class Samples:
+    """A batch of sampled completions, laid out for log-prob computations.
+
+    ``response_mask`` is 1 for real tokens up to and including the first EOS and 0
+    after it; ``logprobs`` are log-probabilities of the sampled tokens under the
+    temperature-scaled (unfiltered) distribution, 0 at padding.
+    """
+
+    prompt_ids: torch.Tensor  # [B, P] left-padded, BOS first
+    prompt_mask: torch.Tensor  # [B, P]
+    response_ids: torch.Tensor  # [B, R] right-padded with <pad>
+    response_mask: torch.Tensor  # [B, R]
+    logprobs: torch.Tensor  # [B, R]
+    ended: torch.Tensor  # [B] bool: the response ended with EOS
+    texts: list[str]  # the completions, decoded (no EOS, no padding)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+           generator: torch.Generator | None = None) -> Samples:
+    """Sample a completion for each prompt, one token at a time with the KV cache.
+
+    The loop stops when every row has produced EOS or after ``max_new_tokens``.
+    ``generator`` (on the model's device) makes sampling repeatable.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0; for the most likely token use greedy=True")
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    if prompt_ids.shape[1] + max_new_tokens > context_length(model):
+        raise ValueError(
+            f"prompts of {prompt_ids.shape[1]} tokens + max_new_tokens={max_new_tokens} exceed the "
+            f"model's context of {context_length(model)} tokens: shorten the prompts or lower max_new_tokens"
+        )
+    batch = prompt_ids.shape[0]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    mask = prompt_mask
+    out = model(input_ids=prompt_ids, attention_mask=mask,
+                position_ids=position_ids_from_mask(mask), use_cache=True)
+    tokens, logps, alive = [], [], []
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1].float() / temperature  # [B, V]
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            filtered = top_p_filter(top_k_filter(logits, top_k), top_p)
+            token = torch.multinomial(torch.softmax(filtered, -1), 1, generator=generator)[:, 0]
+        logps.append(selective_log_softmax(logits, token))
+        alive.append(~done)
+        token = token.masked_fill(done, pad)
+        tokens.append(token)
+        done = done | (token == eos)
+        if bool(done.all()):
+            break
+        position = mask.sum(-1, keepdim=True)  # [B, 1] next position of each row
+        mask = torch.cat([mask, alive[-1].long()[:, None]], dim=1)  # the token just chosen
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                    past_key_values=out.past_key_values, use_cache=True)
+    response_ids = torch.stack(tokens, 1)  # [B, R]
+    response_mask = torch.stack(alive, 1).long()  # [B, R]
+    logprobs = torch.stack(logps, 1) * response_mask
+    ended = ((response_ids == eos) & response_mask.bool()).any(1)
+    texts = decode_responses(tokenizer, response_ids, response_mask)
+    return Samples(prompt_ids, prompt_mask, response_ids, response_mask, logprobs, ended, texts)
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Decode each response's real tokens, dropping EOS and padding."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for ids, m in zip(response_ids.tolist(), response_mask.tolist()):
+        rows.append([t for t, keep in zip(ids, m) if keep and t != eos])
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------------------
+# Training and evaluation
+# --------------------------------------------------------------------------------------
+
+
+def lm_batch(tokenizer, examples: list[tuple[str, str]], mask_prompt: bool, device=None):
+    """(input_ids [B, T], attention_mask [B, T], loss_mask [B, T-1]) for next-token training.
+
+    Each sequence is BOS + prompt + completion + EOS, right-padded. ``loss_mask[:, t]``
+    says whether the prediction of token t+1 counts: every real token after BOS, or
+    only the completion and its EOS when ``mask_prompt`` (supervised fine-tuning).
+    """
+    rows, targets = [], []
+    for prompt, completion in examples:
+        p, c = _ids(tokenizer, prompt), _ids(tokenizer, completion)
+        rows.append([tokenizer.bos_token_id] + p + c + [tokenizer.eos_token_id])
+        first_target = 1 + len(p) if mask_prompt else 1
+        targets.append([0] * (first_target - 1) + [1] * (len(rows[-1]) - first_target))
+    input_ids, attention_mask = pad_right(rows, tokenizer.pad_token_id, device)
+    loss_mask, _ = pad_right(targets, 0, device)
+    return input_ids, attention_mask, loss_mask[:, : input_ids.shape[1] - 1]
+
+
+def lm_loss(model, input_ids, attention_mask, loss_mask) -> torch.Tensor:
+    """Mean negative log-likelihood over the tokens ``loss_mask`` selects."""
+    logprobs = token_logprobs(model, input_ids, attention_mask)
+    return -(logprobs * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to 10% of it."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batch_size: int,
+             lr: float, warmup_steps: int = 0, weight_decay: float = 0.0,
+             mask_prompt: bool = False, seed: int = 0, progress: bool = True,
+             desc: str = "training") -> list[float]:
+    """Train ``model`` in place on (prompt, completion) pairs; return the loss of each step.
+
+    Pre-training: prompts are "" and every token counts. Supervised fine-tuning:
+    ``mask_prompt=True`` and only the completion (and its EOS) is learned.
+    """
+    if not examples:
+        raise ValueError("train_lm needs at least one (prompt, completion) example")
+    device = next(model.parameters()).device
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup_steps)
+        picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
+        batch = lm_batch(tokenizer, [examples[i] for i in picks], mask_prompt, device)
+        loss = lm_loss(model, *batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def mean_nll(model, tokenizer, texts: list[str], batch_size: int = 256) -> float:
+    """Mean negative log-likelihood per predicted token (every token after BOS, EOS included)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        batch = lm_batch(tokenizer, [("", t) for t in texts[i:i + batch_size]], False, device)
+        logprobs = token_logprobs(model, batch[0], batch[1])
+        total -= float((logprobs * batch[2]).sum())
+        count += int(batch[2].sum())
+    return total / count
+
+
+def perplexity(model, tokenizer, texts: list[str], batch_size: int = 256) -> float:
+    """exp(mean negative log-likelihood per token): 'as unsure as a uniform choice among N'."""
+    return math.exp(mean_nll(model, tokenizer, texts, batch_size))
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def save_checkpoint(model, tokenizer, path) -> Path:
+    """Save model and tokenizer as a Hugging Face folder (safetensors), atomically.
+
+    Written to a temporary folder beside ``path`` and renamed into place, so a
+    crash never leaves a half-written checkpoint under the real name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def check_checkpoint(path) -> Path:
+    """Check that ``path`` is a complete checkpoint folder; say what is missing if not."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoint folder at {path}. Run the notebook that makes it "
+            "(01 saves checkpoints/base, 03 checkpoints/sft) or pass the right path."
+        )
+    missing = [f for f in ("config.json", *TOKENIZER_FILES) if not (path / f).is_file()]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        missing += sorted(s for s in shards if not (path / s).is_file())
+    elif not (path / "model.safetensors").is_file():
+        missing.append("model.safetensors")
+    if missing:
+        raise FileNotFoundError(
+            f"Checkpoint folder {path} is incomplete (missing: {', '.join(missing)}). It was "
+            "probably half-written or copied in part: save it again with save_checkpoint."
+        )
+    return path
+
+
+def load_checkpoint(path, device=None, dtype: torch.dtype | None = None):
+    """Load (model, tokenizer) from a checkpoint folder or a hub id such as ``"gpt2"``.
+
+    A local folder is checked first (see :func:`check_checkpoint`): transformers would
+    otherwise, for a GPT-2 folder without tokenizer files, quietly return a tokenizer
+    with a one-token vocabulary.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_utils.config import get_device
+
+    device = get_device(device)
+    if Path(path).exists() or Path(path).is_absolute() or str(path).startswith((".", "~")):
+        check_checkpoint(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as err:
+        raise OSError(
+            f"Could not load {path!r}: it is neither a checkpoint folder here nor a model the hub "
+            f"could serve (offline?). Underlying error: {err}"
+        ) from None
+    if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one
+        tokenizer.add_special_tokens({"pad_token": PAD})
+        model.resize_token_embeddings(len(tokenizer))
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only "
+                         f"{model.get_input_embeddings().num_embeddings}: they do not belong together")
+    tokenizer.padding_side = "left"
+    return model.to(device).eval(), tokenizer
