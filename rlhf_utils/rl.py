@@ -543,14 +543,18 @@ class PPOAgent:
         history = TrainHistory()
         start = time.perf_counter()
 
+        # rollout buffers, [T, N, ...]: what the network saw and did (torch) ...
         obs_buf = torch.zeros(T, N, self.obs_dim)
         act_buf = torch.zeros(T, N, dtype=torch.long)
-        logp_buf, rew_buf, val_buf, next_val_buf = (torch.zeros(T, N) for _ in range(4))
-        term_buf, trunc_buf, valid_buf = (torch.zeros(T, N, dtype=torch.bool) for _ in range(3))
+        logits_buf = torch.zeros(T, N, self.n_actions)
+        val_buf, final_val_buf = torch.zeros(T, N), torch.zeros(T, N)
+        # ... and what the environment answered (numpy, written once per step, no torch overhead)
+        rew_np = np.zeros((T, N), dtype=np.float32)
+        term_np, trunc_np, reset_np = (np.zeros((T, N), dtype=bool) for _ in range(3))
 
         obs_np, _ = envs.reset(seed=cfg.seed)
         obs = torch.from_numpy(np.asarray(obs_np, dtype=np.float32))
-        resetting = torch.zeros(N, dtype=torch.bool)  # NEXT_STEP: this step only resets the env
+        resetting = np.zeros(N, dtype=bool)  # NEXT_STEP: this step only resets the env
         ep_return = np.zeros(N)
         global_step = 0
         bar = None
@@ -571,50 +575,39 @@ class PPOAgent:
             with torch.inference_mode():
                 for t in range(T):
                     logits, value = net(obs)  # [N, A], [N]
-                    if t > 0:
-                        if self.same_step:  # an episode that ended at t-1 bootstraps from its final obs
-                            ended = term_buf[t - 1] | trunc_buf[t - 1]
-                            next_val_buf[t - 1] = torch.where(ended, next_val_buf[t - 1], value)
-                        else:
-                            next_val_buf[t - 1] = value
-                    probs = torch.softmax(logits, -1)
-                    action = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)  # [N]
-                    obs_buf[t], act_buf[t], val_buf[t] = obs, action, value
-                    logp_buf[t] = torch.log(probs.gather(1, action[:, None]).squeeze(-1))
-                    valid_buf[t] = ~resetting
+                    action = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(-1)
+                    obs_buf[t], act_buf[t], logits_buf[t], val_buf[t] = obs, action, logits, value
                     obs_np, reward, term, trunc, info = envs.step(action.numpy())
+                    rew_np[t], term_np[t], trunc_np[t], reset_np[t] = reward, term, trunc, resetting
+                    obs = torch.from_numpy(np.asarray(obs_np, dtype=np.float32))
                     global_step += N
                     done = np.logical_or(term, trunc)
-                    rew_buf[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-                    term_buf[t] = torch.from_numpy(np.asarray(term))
-                    trunc_buf[t] = torch.from_numpy(np.asarray(trunc)) | resetting
-                    obs = torch.from_numpy(np.asarray(obs_np, dtype=np.float32))
-                    ep_return += np.asarray(reward) * (~resetting.numpy())
                     if self.same_step and done.any():  # bootstrap from the final observation
-                        final = torch.from_numpy(np.stack([
-                            np.asarray(info["final_obs"][i], dtype=np.float32) if done[i] else obs_np[i]
-                            for i in range(N)]))
-                        next_val_buf[t] = torch.where(torch.from_numpy(done), net(final)[1], 0.0)
-                    for i in np.flatnonzero(done & ~resetting.numpy()):
+                        final = np.stack([info["final_obs"][i] if done[i] else obs_np[i] for i in range(N)])
+                        final_val_buf[t] = net(torch.from_numpy(final.astype(np.float32)))[1]
+                    ep_return += np.where(resetting, 0.0, reward)
+                    for i in np.flatnonzero(done & ~resetting):
                         history.episode_steps.append(global_step)
                         history.episode_returns.append(float(ep_return[i]))
                         ep_return[i] = 0.0
-                    if not self.same_step:
-                        resetting = torch.from_numpy(done.copy())
-                last_value = net(obs)[1]
-                if self.same_step:
-                    ended = term_buf[T - 1] | trunc_buf[T - 1]
-                    next_val_buf[T - 1] = torch.where(ended, next_val_buf[T - 1], last_value)
-                else:
-                    next_val_buf[T - 1] = last_value
+                    resetting = done if not self.same_step else resetting
+                last_value = net(obs)[1]  # [N]
+                probs = torch.softmax(logits_buf, -1)  # [T, N, A], as sampled from
+                logp_buf = torch.log(probs.gather(2, act_buf[..., None]).squeeze(-1))  # [T, N]
+                terminated, valid = torch.from_numpy(term_np), torch.from_numpy(~reset_np)
+                # a reset transition (NEXT_STEP) ends its pseudo-episode and is masked out below
+                truncated = torch.from_numpy(trunc_np | reset_np)
+                next_val = torch.cat([val_buf[1:], last_value[None]])  # V(s_{t+1}) [T, N]
+                if self.same_step:  # the next obs of an ended episode is a reset: use the final one
+                    next_val = torch.where(terminated | truncated, final_val_buf, next_val)
                 advantages, returns = gae_advantages(
-                    rew_buf, val_buf, next_val_buf, term_buf, trunc_buf, cfg.gamma, cfg.gae_lambda
+                    torch.from_numpy(rew_np), val_buf, next_val, terminated, truncated, cfg.gamma, cfg.gae_lambda
                 )
 
             history.rollout_s += time.perf_counter() - t_rollout
             stats = self._update(
                 obs_buf.reshape(T * N, -1), act_buf.reshape(-1), logp_buf.reshape(-1), val_buf.reshape(-1),
-                advantages.reshape(-1), returns.reshape(-1), valid_buf.reshape(-1).float(), clip,
+                advantages.reshape(-1), returns.reshape(-1), valid.reshape(-1), clip,
             )
             stats["charts/learning_rate"] = lr
             stats["global_step"] = global_step
