@@ -320,22 +320,33 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch
 # --------------------------------------------------------------------------------------
 
 
-def lm_batch(tokenizer, examples: list[tuple[str, str]], mask_prompt: bool, device=None):
-    """(input_ids [B, T], attention_mask [B, T], loss_mask [B, T-1]) for next-token training.
+def tokenize_examples(tokenizer, examples: list[tuple[str, str]], mask_prompt: bool):
+    """Token rows for next-token training: (ids, targets) per example.
 
-    Each sequence is BOS + prompt + completion + EOS, right-padded. ``loss_mask[:, t]``
-    says whether the prediction of token t+1 counts: every real token after BOS, or
-    only the completion and its EOS when ``mask_prompt`` (supervised fine-tuning).
+    ids = BOS + prompt + completion + EOS; ``targets[t]`` says whether the prediction
+    of token t+1 counts: every real token after BOS, or only the completion and its
+    EOS when ``mask_prompt`` (supervised fine-tuning).
     """
-    rows, targets = [], []
-    for prompt, completion in examples:
-        p, c = _ids(tokenizer, prompt), _ids(tokenizer, completion)
-        rows.append([tokenizer.bos_token_id] + p + c + [tokenizer.eos_token_id])
+    prompts = tokenizer([p for p, _ in examples], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([c for _, c in examples], add_special_tokens=False)["input_ids"]
+    rows = []
+    for p, c in zip(prompts, completions):
+        ids = [tokenizer.bos_token_id] + p + c + [tokenizer.eos_token_id]
         first_target = 1 + len(p) if mask_prompt else 1
-        targets.append([0] * (first_target - 1) + [1] * (len(rows[-1]) - first_target))
-    input_ids, attention_mask = pad_right(rows, tokenizer.pad_token_id, device)
-    loss_mask, _ = pad_right(targets, 0, device)
+        rows.append((ids, [0] * (first_target - 1) + [1] * (len(ids) - first_target)))
+    return rows
+
+
+def collate(rows, pad_id: int, device=None):
+    """(input_ids [B, T], attention_mask [B, T], loss_mask [B, T-1]) from token rows, right-padded."""
+    input_ids, attention_mask = pad_right([ids for ids, _ in rows], pad_id, device)
+    loss_mask, _ = pad_right([t for _, t in rows], 0, device)
     return input_ids, attention_mask, loss_mask[:, : input_ids.shape[1] - 1]
+
+
+def lm_batch(tokenizer, examples: list[tuple[str, str]], mask_prompt: bool, device=None):
+    """A training batch for (prompt, completion) pairs; see :func:`tokenize_examples`."""
+    return collate(tokenize_examples(tokenizer, examples, mask_prompt), tokenizer.pad_token_id, device)
 
 
 def lm_loss(model, input_ids, attention_mask, loss_mask) -> torch.Tensor:
@@ -368,6 +379,7 @@ def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batc
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    rows = tokenize_examples(tokenizer, examples, mask_prompt)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
@@ -375,9 +387,8 @@ def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batc
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, steps, lr, warmup_steps)
-        picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
-        batch = lm_batch(tokenizer, [examples[i] for i in picks], mask_prompt, device)
-        loss = lm_loss(model, *batch)
+        picks = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
+        loss = lm_loss(model, *collate([rows[i] for i in picks], tokenizer.pad_token_id, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
