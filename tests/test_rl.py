@@ -20,7 +20,7 @@ from rlhf_utils.rl import (
     a2c_config,
     approx_kl,
     clip_fraction,
-    clip_grad_norm,
+    clip_grad_norm_,
     discounted_returns,
     explained_variance,
     gae_advantages,
@@ -168,7 +168,7 @@ def test_clip_grad_norm_matches_torch(max_norm):
     for net in nets:
         logits, values = net(x)
         (logits.sum() + values.pow(2).sum()).backward()
-    ours = clip_grad_norm(list(nets[0].parameters()), max_norm)
+    ours = clip_grad_norm_(list(nets[0].parameters()), max_norm)
     ref = torch.nn.utils.clip_grad_norm_(nets[1].parameters(), max_norm)
     assert torch.allclose(ours, ref)
     for p, q in zip(nets[0].parameters(), nets[1].parameters()):
