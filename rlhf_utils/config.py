@@ -244,7 +244,7 @@ class FeedbackConfig:
 class RewardConfig:
     """Reward-model training (notebook 05, ``rlhf_utils.reward``)."""
 
-    epochs: int = 3
+    epochs: int = 5
     """passes over the training pairs"""
     min_steps: int = 60
     """at least this many optimizer steps (a small label set gets more epochs)"""
@@ -368,7 +368,8 @@ PRESETS: dict[str, Preset] = {
         sft=SFTConfig(n_demonstrations=20_000, steps=1_500, batch_size=64, lr=1e-4),
         cartpole=CartPoleConfig(total_timesteps=50_000, text_env_timesteps=10_000),
         feedback=FeedbackConfig(n_pairs=10_000),
-        reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5),
+        reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5, eval_every=50, n_normalise=2_048,
+                            label_sizes=(100, 300, 1_000, 3_000, 8_000)),
         ppo=PPOConfig(steps=200, batch_size=256, mini_batch_size=64, ppo_epochs=4, lr=1e-5,
                       max_new_tokens=64, n_prompts=20_000, n_eval=1_024),
     ),

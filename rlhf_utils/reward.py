@@ -12,10 +12,13 @@ human feedback") and InstructGPT (Ouyang et al. 2022, section 3.5):
 Implementation details, in the order they happen:
 
 1. **Backbone + head** (:class:`RewardModel`). The transformer body of the SFT policy
-   (``policy.base_model``, e.g. ``GPT2Model``) and an ``nn.Linear(hidden, 1)`` head,
-   initialised with std 1/sqrt(hidden + 1) as in OpenAI's lm-human-preferences. The head
-   has no bias: the Bradley--Terry loss only sees differences r(A) - r(B), so a bias gets
-   exactly zero gradient (the offset is set by the normalisation, item 7).
+   (``policy.base_model``, e.g. ``GPT2Model``) and an ``nn.Linear(hidden, 1)`` head.
+   The head starts at **zero** (``init_std=0``): every pair starts at P = 1/2, loss
+   log 2, and on the course's data this learned faster and was better calibrated from
+   few labels than lm-human-preferences' random head of std 1/sqrt(hidden + 1)
+   (``init_std`` gives that one back). The head has no bias: the Bradley--Terry loss only
+   sees differences r(A) - r(B), so a bias gets exactly zero gradient (the offset is set
+   by the normalisation, item 7).
    We do *not* use ``GPT2ForSequenceClassification``: it finds the last token by
    comparing ``input_ids`` with ``pad_token_id`` (wrong as soon as pad = EOS, the usual
    GPT-2 set-up) and, without explicit ``position_ids``, gives a left-padded sequence
@@ -324,7 +327,7 @@ class RewardModel(nn.Module):
     :meth:`score` -> normalised rewards of (prompt, completion) strings, no grad.
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer, seed: int = 0):
+    def __init__(self, backbone: nn.Module, tokenizer, init_std: float = 0.0, seed: int = 0):
         super().__init__()
         _check_special_tokens(tokenizer)
         self.backbone = backbone
@@ -332,22 +335,24 @@ class RewardModel(nn.Module):
         hidden = backbone.config.hidden_size
         self.head = nn.Linear(hidden, 1, bias=False)  # BT sees only differences: no bias
         g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # lm-human-preferences: std 1/sqrt(d_model + 1)
-            self.head.weight.copy_(torch.randn(1, hidden, generator=g) / math.sqrt(hidden + 1))
+        with torch.no_grad():  # zero: P = 1/2 for every pair (lm-human-preferences: 1/sqrt(hidden + 1))
+            self.head.weight.copy_(torch.randn(1, hidden, generator=g) * init_std)
         self.register_buffer("gain", torch.tensor(1.0))
         self.register_buffer("bias", torch.tensor(0.0))
 
     @classmethod
-    def from_policy(cls, policy: nn.Module, tokenizer, seed: int = 0) -> "RewardModel":
+    def from_policy(cls, policy: nn.Module, tokenizer, init_std: float = 0.0, seed: int = 0
+                    ) -> "RewardModel":
         """A reward model whose backbone is a copy of ``policy``'s transformer body.
 
         ``policy`` is a causal LM (e.g. ``GPT2LMHeadModel``); its LM head is left out and
-        the policy itself is not touched.
+        the policy itself is not touched. The head's weights are drawn with std
+        ``init_std`` (seeded by ``seed``); 0, the default, is a zero head.
         """
         body = policy.base_model if hasattr(policy, "base_model") else policy
         backbone = copy.deepcopy(body)
         dev = next(policy.parameters()).device
-        return cls(backbone, tokenizer, seed=seed).to(dev)
+        return cls(backbone, tokenizer, init_std=init_std, seed=seed).to(dev)
 
     @property
     def device(self) -> torch.device:

@@ -47,7 +47,8 @@ def tiny_policy(tokenizer, seed=0) -> GPT2LMHeadModel:
 
 @pytest.fixture()
 def rm(tokenizer):
-    return R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, seed=0)
+    """A reward model with a random head (a zero head would score everything 0)."""
+    return R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, init_std=0.25, seed=0)
 
 
 PROMPTS = ["i loved this film .", "i hated this book .", "i liked this restaurant ."]
@@ -335,7 +336,8 @@ def test_pairwise_agreement_and_residuals():
 def test_train_learns_a_preference(tokenizer):
     """A tiny reward model learns "great" > "bad" from a few labelled pairs."""
     torch.manual_seed(0)
-    rm = R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, seed=0)
+    rm = R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer)
+    assert torch.all(rm.head.weight == 0)  # the default head starts at zero: P = 1/2 everywhere
     rng = np.random.default_rng(0)
     pairs = []
     for i in range(80):
@@ -359,7 +361,7 @@ def test_train_learns_a_preference(tokenizer):
 
 
 def test_early_stopping_restores_best(tokenizer):
-    rm = R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, seed=0)
+    rm = R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, init_std=0.25)
     # held-out labels contradict the training labels: held-out loss rises, training stops
     train = [R.PreferencePair("i loved this film .", "it was great .", "it was bad .")] * 40
     held = [R.PreferencePair("i loved this film .", "it was bad .", "it was great .")] * 10
