@@ -146,18 +146,28 @@ class LMConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Supervised fine-tuning on demonstrations (notebook 03)."""
+    """Supervised fine-tuning on demonstrations (notebook 03, ``lm.train_lm(mask_prompt=True)``)."""
 
     n_demonstrations: int = 2_000
-    """prompt -> continuation pairs"""
+    """(prompt, completion) pairs written by the clean demonstrator"""
+    n_heldout: int = 500
+    """held-out demonstrations, for the completion and prompt NLL"""
     steps: int = 300
     """optimizer steps"""
     batch_size: int = 32
     """pairs per step"""
     lr: float = 5e-4
-    """learning rate"""
+    """peak learning rate (AdamW, linear warm-up then cosine decay to 10%)"""
+    warmup_steps: int = 20
+    """linear warm-up steps"""
+    n_eval: int = 256
+    """prompts whose sampled completions are scored (defect rate, gold reward)"""
+    max_new_tokens: int = 48
+    """longest completion sampled in the evaluation, in tokens"""
+    temperature: float = 1.0
+    """sampling temperature of the evaluation (1 = the policy's own distribution)"""
     seed: int = 0
-    """seed of batch order"""
+    """seed of batch order and of evaluation sampling"""
 
 
 @dataclass(frozen=True)
@@ -282,7 +292,7 @@ class PPOConfig:
     where those fit a small model; sizes are the quick scale.
     """
 
-    steps: int = 40
+    steps: int = 60
     """PPO iterations (rollout + update)"""
     batch_size: int = 64
     """prompts (= sampled completions) per iteration, over all processes"""
@@ -292,7 +302,7 @@ class PPOConfig:
     """forward/backward passes per optimizer step; must divide the per-process minibatch"""
     ppo_epochs: int = 2
     """passes over each rollout batch (lm-human-preferences: 4)"""
-    lr: float = 1e-4
+    lr: float = 1.25e-4
     """peak learning rate (Adam), decayed linearly to 0 over ``steps`` when ``anneal_lr``"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 (lm-human-preferences, Huang et al. 2024)"""
@@ -310,7 +320,7 @@ class PPOConfig:
     """discount over response tokens (1: the score at the end counts in full at every token)"""
     lam: float = 0.95
     """GAE lambda (bias-variance trade-off of the advantage estimate)"""
-    init_kl_coef: float = 0.05
+    init_kl_coef: float = 0.1
     """beta, the weight of the per-token KL penalty, at the start"""
     adaptive_kl: bool = True
     """move beta towards ``kl_target`` (Ziegler et al. 2019); False keeps beta fixed"""
@@ -332,7 +342,7 @@ class PPOConfig:
     """gradient clipping (global L2 norm)"""
     n_prompts: int = 2_000
     """training prompts drawn from the world"""
-    n_eval: int = 256
+    n_eval: int = 512
     """held-out prompts of the before/after evaluation (notebook 06)"""
     lora_r: int = 0
     """LoRA rank (``peft``) for models too big to fine-tune fully; 0 = full fine-tuning"""
@@ -365,7 +375,8 @@ PRESETS: dict[str, Preset] = {
         world=WorldConfig(n_train_reviews=200_000, n_eval_reviews=5_000),
         lm=LMConfig(n_layer=12, n_head=12, n_embd=768, n_positions=128, steps=6_000,
                     batch_size=128, lr=6e-4, warmup_steps=300),
-        sft=SFTConfig(n_demonstrations=20_000, steps=1_500, batch_size=64, lr=1e-4),
+        sft=SFTConfig(n_demonstrations=20_000, n_heldout=2_000, steps=1_500, batch_size=64, lr=1e-4,
+                      warmup_steps=100, n_eval=1_024, max_new_tokens=64),
         cartpole=CartPoleConfig(total_timesteps=50_000, text_env_timesteps=10_000),
         feedback=FeedbackConfig(n_pairs=10_000),
         reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5, eval_every=50, n_normalise=2_048,
