@@ -394,3 +394,20 @@ def test_nan_reward_stops_with_the_step_and_the_quantity(tokenizer):
     t.step()
     with pytest.raises(NonFiniteError, match="PPO step 2: scores is not finite"):
         t.step()
+
+
+def test_command_line_trains_saves_and_resumes(tokenizer, tmp_path, capsys):
+    from rlhf_utils.ppo import STATE_FILE, main
+
+    policy = lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64), tokenizer)
+    lm.save_checkpoint(policy, tokenizer, tmp_path / "sft")
+    args = ["--scale", "quick", "--policy", str(tmp_path / "sft"), "--reward", "gold", "--out", str(tmp_path / "ppo"),
+            "--save-every", "1", "--device", "cpu"]
+    main(args + ["--steps", "1"])
+    assert "1 PPO steps on 1 process(es)" in capsys.readouterr().out
+    lm.load_checkpoint(tmp_path / "ppo", device="cpu")  # a complete Hugging Face folder
+    main(args + ["--steps", "2", "--resume"])  # carries on from step 1
+    import json
+
+    state = json.loads((tmp_path / "ppo-state" / STATE_FILE).read_text())
+    assert state["step"] == 2 and len(state["history"]) == 2
