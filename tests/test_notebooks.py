@@ -43,9 +43,13 @@ CHECKS: dict[str, list[str]] = {
     "01": [
         "final_loss < initial_loss",  # training lowered the loss
         "final_perplexity <= 1.10 * true_perplexity",  # within 10% of the world's own perplexity
+        "final_perplexity >= 0.98 * true_perplexity",  # nothing beats the true entropy (sanity)
+        "grammatical_t07 > grammatical_t15",  # low temperature keeps text grammatical
     ],
     "02": [
         "ppo_final_return > 3 * random_return",  # PPO learned CartPole
+        "baseline_variance_ratio > 3",  # a baseline lowers REINFORCE's gradient variance
+        "text_env_reward > 2 * text_env_random_reward",  # SB3 learns the toy text environment
     ],
 }
 
