@@ -155,11 +155,12 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over the last axis, in nats.
 
-    Naive equivalent: ``-(p * p.log()).sum(-1)`` with ``p = softmax(logits)``.
+    Naive equivalent: ``-(p * p.log()).sum(-1)`` with ``p = softmax(logits)``, where a
+    token with p = 0 (a -inf logit, e.g. removed by top-k) adds 0, not 0 * -inf = nan.
     """
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    return -(logp.exp() * logp.masked_fill(torch.isneginf(logp), 0.0)).sum(-1)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
