@@ -63,6 +63,7 @@ import torch.nn as nn
 from rlhf_utils import lm
 from rlhf_utils import rl
 from rlhf_utils.config import PPOConfig, get_device
+from rlhf_utils.reward import last_token_index  # the reward model reads the same token
 
 # --------------------------------------------------------------------------------------
 # Masked statistics
@@ -148,23 +149,14 @@ def kl_estimators(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> dict[st
     return {"k1": -x, "k2": 0.5 * x * x, "k3": torch.expm1(x) - x}
 
 
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of ``mask`` ``[B, R] -> [B]`` (0 for an empty row).
-
-    Naive equivalent: ``max(t for t, m in enumerate(row) if m)``.
-    """
-    R = mask.shape[1]
-    positions = torch.arange(1, R + 1, device=mask.device)  # [R]
-    return (mask.long() * positions).argmax(1)
-
-
 def kl_penalty_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                        mask: torch.Tensor, kl_coef: float, estimator: str = "k1"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards ``[B, R]``: ``-kl_coef * kl_t`` on every response token, plus the
     sequence's score on its last real token (the EOS, or the last token if none).
 
-    Returns ``(rewards, non_score_rewards)``, both 0 at padding. ``estimator`` picks the
+    Returns ``(rewards, non_score_rewards)``, both 0 at padding; every row needs at least
+    one real token (a sampled response always has one). ``estimator`` picks the
     per-token KL (``"k1"``: ``log pi - log pi_ref``, as Ziegler et al. 2019; ``"k3"``).
 
     Naive equivalent::
@@ -177,7 +169,7 @@ def kl_penalty_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprob
     kl = kl_estimators(logprobs, ref_logprobs)[estimator]  # [B, R]
     non_score = -kl_coef * kl * mask  # [B, R]
     last = last_token_index(mask)  # [B]
-    onehot = torch.nn.functional.one_hot(last, mask.shape[1]).to(logprobs.dtype) * mask  # [B, R]
+    onehot = torch.nn.functional.one_hot(last, mask.shape[1]).to(logprobs.dtype)  # [B, R]
     rewards = non_score + scores[:, None].to(logprobs.dtype) * onehot
     return rewards, non_score
 
