@@ -225,6 +225,17 @@ def tiny_llama(tokenizer, seed=0):
     return LlamaForCausalLM(cfg)
 
 
+def tiny_qwen2(tokenizer, seed=0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return Qwen2ForCausalLM(cfg)
+
+
 def gold_fn(prompts, completions):
     return torch.tensor(WORLD.gold_rewards(completions, prompts), dtype=torch.float32)
 
@@ -261,7 +272,7 @@ def _params(module):
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama, tiny_qwen2], ids=["gpt2", "llama", "qwen2"])
 def test_one_step_moves_every_trainable_parameter_and_never_the_reference(tokenizer, build):
     t = PPOTrainer(build(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
     before = _params(t.accelerator.unwrap_model(t.model))
