@@ -214,26 +214,24 @@ def tiny_gpt2(tokenizer, seed=0):
     return lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=32, seed=seed), tokenizer)
 
 
-def tiny_llama(tokenizer, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_decoder(tokenizer, config_name, model_name, seed=0):
+    """A one-layer Llama-style decoder from ``transformers`` (grouped-query attention, RoPE)."""
+    import transformers
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(cfg)
+    cfg = getattr(transformers, config_name)(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return getattr(transformers, model_name)(cfg)
+
+
+def tiny_llama(tokenizer, seed=0):
+    return _tiny_decoder(tokenizer, "LlamaConfig", "LlamaForCausalLM", seed)
 
 
 def tiny_qwen2(tokenizer, seed=0):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
-    return Qwen2ForCausalLM(cfg)
+    return _tiny_decoder(tokenizer, "Qwen2Config", "Qwen2ForCausalLM", seed)
 
 
 def gold_fn(prompts, completions):
