@@ -267,6 +267,9 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0; for the most likely token use greedy=True")
+    if max_new_tokens < 1 or not prompts:
+        raise ValueError(f"sample needs at least one prompt and max_new_tokens >= 1 "
+                         f"(got {len(prompts)} prompts, max_new_tokens={max_new_tokens})")
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     if prompt_ids.shape[1] + max_new_tokens > context_length(model):
@@ -308,12 +311,16 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-    """Decode each response's real tokens, dropping EOS and padding."""
+    """Decode each response's real tokens, dropping EOS and the padding after it.
+
+    Any other special token the model sampled (``<pad>``, ``<bos>``, ``<unk>``) stays in
+    the text as written, so whoever scores the text scores what the model produced.
+    """
     eos = tokenizer.eos_token_id
     rows = []
     for ids, m in zip(response_ids.tolist(), response_mask.tolist()):
         rows.append([t for t, keep in zip(ids, m) if keep and t != eos])
-    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return tokenizer.batch_decode(rows, skip_special_tokens=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -404,6 +411,8 @@ def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batc
 @torch.no_grad()
 def mean_nll(model, tokenizer, texts: list[str], batch_size: int = 256) -> float:
     """Mean negative log-likelihood per predicted token (every token after BOS, EOS included)."""
+    if not texts:
+        raise ValueError("perplexity needs at least one text")
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(texts), batch_size):

@@ -155,6 +155,10 @@ class Analysis:
 
     @property
     def gold_reward(self) -> float:
+        """VADER compound minus the defect penalties; an empty completion counts as
+        one unparseable sentence (saying nothing is not a way to avoid a bad score)."""
+        if not self.sentences:
+            return -DEFECT_PENALTY["unparseable"]
         penalty = sum(DEFECT_PENALTY[d] * n for d, n in self.defects.items())
         return self.vader - penalty
 

@@ -270,7 +270,7 @@ def test_gold_reward_hand_worked(world):
     assert world.gold_reward(c2, film) == pytest.approx(vader(c2) - 0.5 - 0.5, abs=1e-12)
     c3 = "the acting great . i loved the plot . blah"  # broken 0.5 + unparseable 1.0
     assert world.gold_reward(c3, film) == pytest.approx(vader(c3) - 0.5 - 1.0, abs=1e-12)
-    assert world.gold_reward("", film) == 0.0
+    assert world.gold_reward("", film) == -1.0  # saying nothing costs as much as an unparseable sentence
     rewards = world.gold_rewards([c1, c2, c3], [film] * 3)
     np.testing.assert_allclose(rewards, [vader(c1), vader(c2) - 1.0, vader(c3) - 1.5], atol=1e-12)
     np.testing.assert_allclose(world.gold_rewards([c2]), [vader(c2) - 0.5], atol=1e-12)  # no prompt: on topic
