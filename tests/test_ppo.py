@@ -264,6 +264,17 @@ def test_rollout_masks_logprobs_and_scores(tokenizer):
     expected = gold_fn(ro.prompts, ro.texts) - TINY.missing_eos_penalty * (~ro.ended).float()
     assert torch.allclose(ro.scores, expected)
     assert (ro.values == 0).all()  # zero-initialised value head
+    # with a trained-looking head, the values taken from the sampler's own steps (no second
+    # pass) equal those of a full forward pass
+    with torch.no_grad():
+        t.value_head.weight.normal_(generator=torch.Generator().manual_seed(0))
+        t.value_head.bias.fill_(0.3)
+    ro = t.rollout(PROMPTS[8:16])
+    ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)
+    am = torch.cat([ro.prompt_mask, ro.response_mask], 1)
+    with torch.no_grad():
+        _, full_values = t.accelerator.unwrap_model(t.model)(ids, am, ro.prompt_ids.shape[1] - 1, with_logits=False)
+    assert (ro.values != 0).any() and torch.allclose(ro.values, full_values * ro.response_mask, atol=1e-5)
 
 
 def _params(module):
