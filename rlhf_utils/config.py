@@ -250,8 +250,8 @@ class RewardConfig:
     """at least this many optimizer steps (a small label set gets more epochs)"""
     batch_size: int = 32
     """pairs per step"""
-    lr: float = 3e-4
-    """learning rate (AdamW, constant)"""
+    lr: float = 1e-3
+    """peak learning rate (AdamW; cosine decay to a tenth of it)"""
     weight_decay: float = 0.0
     """AdamW weight decay (matrices only)"""
     max_grad_norm: float = 1.0

@@ -37,7 +37,8 @@ Implementation details, in the order they happen:
    which is information -- and a reader's ties are too scarce to throw away.
 5. **Margin** (optional, Llama 2, Touvron et al. 2023): ``-log sigma(d - m)`` asks the
    chosen reward to beat the rejected one by at least ``m``; not applied to ties.
-6. **Training**: AdamW, gradient clipping, held-out loss every ``eval_every`` steps
+6. **Training**: AdamW with a cosine learning-rate decay to a tenth (InstructGPT's reward
+   models used a cosine schedule), gradient clipping, held-out loss every ``eval_every`` steps
    (and at least once per epoch, so a small label set is watched closely),
    early stopping after ``patience`` evaluations without improvement, best weights
    restored.
@@ -653,6 +654,8 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
             rc, rr = _pair_rewards(model, [chosen[j] for j in idx], [rejected[j] for j in idx])
             t = tie[idx].to(model.device)
             loss = bradley_terry_loss(rc, rr, t, config.margin)
+            for group in opt.param_groups:  # cosine decay from lr to lr / 10 (InstructGPT: cosine)
+                group["lr"] = config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
