@@ -4,7 +4,9 @@ Both start from the same SFT policy (checkpoints/sft, made by notebook 03), are 
 the same function (the world's gold reward, so "reward gain" and "gold gain" are one
 thing), draw prompts from the same pool, and sample the same number of completions
 (``steps x batch``, at temperature 1, at most ``max_new_tokens`` each). Each trainer runs in
-its own subprocess, one after the other, so that its peak RSS is its own. Reported:
+its own subprocess, one after the other (``--rounds`` runs each, alternating ours / TRL so
+that a change in machine load hits both alike; medians reported), so that its peak RSS is its
+own. Reported:
 
 * samples/s and generated tokens/s over the training wall time (model loading and the
   before/after evaluations excluded);
@@ -26,20 +28,20 @@ optimisation pass per batch for TRL (its default) and ``ppo_epochs`` for ours.
 
     python benchmarks/ppo_vs_trl.py [--steps 20] [--batch 64] [--threads 2] [--ppo-epochs N]
 
-Measured here (2 CPU cores shared with other jobs, so absolute numbers move by 1.5x between
-runs; the ratios within one run are what to read), quick-scale SFT policy (0.42 M parameters),
-20 x 64 completions, one torch thread:
+Measured here (2 CPU cores shared with other jobs: absolute numbers move between runs, read
+the ratios), quick-scale SFT policy (0.42 M parameters), 20 x 64 completions, one torch thread,
+median of 2 alternating runs each:
 
-| run | samples/s ours / TRL | gold gain ours / TRL | peak RSS ours / TRL | lm.sample / generate | full rollout / generate |
-|---|---|---|---|---|---|
-| ppo_epochs = 2 (preset) | 80.0 / 69.5 = 1.15x | +0.62 / +0.19 | 473 / 620 MB | 0.99x | 2.11x |
-| ppo_epochs = 1 | 132.3 / 117.6 = 1.12x | +0.31 / +0.19 | 469 / 605 MB | 1.04x | 1.85x |
+| our ppo_epochs | samples/s ours / TRL | gold gain ours / TRL | peak RSS ours / TRL |
+|---|---|---|---|
+| 2 (the preset) | 176 / 217 = 0.81x | +0.63 / +0.19 | 467 / 605 MB |
+| 1 | 271 / 240 = 1.13x | +0.31 / +0.19 | 477 / 614 MB |
 
-Our sampler matches ``model.generate``; the whole rollout costs about twice the generation
-because it adds two full forward passes (the value head's and the reference's), and on a
-compute-bound model each costs about what the generation does. lm-human-preferences avoids
-the value pass by returning the values from the sampling loop itself; ``lm.sample`` does not
-expose the hidden states that would need.
+RLOO does less work per sample (no value function, one pass over each batch); PPO spends it
+on more gold reward per sample. On one batch of 64 prompts: HF ``model.generate`` 100 ms,
+our ``lm.sample`` 104 ms (1.03x), our whole rollout 151 ms (1.51x): it reuses the sampler's
+log-probabilities and hidden states (values), and adds one pass of the reference policy
+and the reward.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def main() -> None:
     ap.add_argument("--num-generations", type=int, default=4, help="RLOO's completions per prompt")
     ap.add_argument("--ppo-epochs", type=int, default=None, help="our PPO epochs per batch (default: the quick preset's)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of every worker")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each trainer, alternating; medians reported")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of each generation method")
     ap.add_argument("--policy", default=None, help="SFT checkpoint (default: checkpoints/sft)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -194,15 +197,18 @@ def main() -> None:
 
     t0 = time.perf_counter()
     gen = run_worker("generate", args)
-    ours = run_worker("ours", args)
-    trl = run_worker("trl", args)
+    runs = {"ours": [], "trl": []}
+    for r in range(args.rounds):  # alternate, so that a change in machine load hits both alike
+        for name in (("ours", "trl") if r % 2 == 0 else ("trl", "ours")):
+            runs[name].append(run_worker(name, args))
+    ours, trl = ({k: statistics.median(run[k] for run in runs[name]) for k in runs[name][0]} for name in ("ours", "trl"))
     rows = []
     for name, r in (("ours (PPO)", ours), ("TRL RLOOTrainer", trl)):
         rows.append((name, r["samples"] / r["wall_s"], r["tokens"] / r["wall_s"], r["peak_rss_mb"],
                      r["gold_before"], r["gold_after"], r["wall_s"]))
     print(f"\nsame SFT policy, gold reward, prompts; {args.steps} x {args.batch} completions each; "
           f"{args.threads} torch threads; our ppo_epochs = {args.ppo_epochs or get_preset('quick').ppo.ppo_epochs}, "
-          f"TRL num_iterations = 1\n")
+          f"TRL num_iterations = 1; median of {args.rounds} alternating runs each\n")
     print(f"| trainer | samples/s | gen tokens/s | peak RSS MB | gold before -> after | wall s |")
     print(f"|---|---|---|---|---|---|")
     for name, sps, tps, rss, gb, ga, wall in rows:
