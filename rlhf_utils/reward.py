@@ -563,14 +563,15 @@ def expected_calibration_error(p_pred: np.ndarray, outcome: np.ndarray, n_bins: 
 def pairwise_agreement(d_model: np.ndarray, d_gold: np.ndarray) -> float:
     """Share of pairs on which the model's reward difference has the gold difference's sign.
 
-    Pairs the gold preference scores equal are left out (nothing to agree with); a model
-    difference of exactly 0 counts 1/2.
+    A pair where either difference is exactly 0 counts 1/2: when the gold preference scores
+    the two equal, neither order is right -- the same half credit the noise ceiling
+    (:func:`rlhf_utils.feedback.best_accuracy`, sigma(0) = 1/2) gives it, so the two are
+    averaged over the same pairs and can be compared.
     """
     d_model, d_gold = np.asarray(d_model, float), np.asarray(d_gold, float)
-    keep = d_gold != 0
-    if not keep.any():
+    if d_model.size == 0:
         return float("nan")
-    s = np.sign(d_model[keep]) * np.sign(d_gold[keep])
+    s = np.sign(d_model) * np.sign(d_gold)
     return float(np.mean(np.where(s == 0, 0.5, s > 0)))
 
 

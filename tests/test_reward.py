@@ -325,7 +325,8 @@ def test_calibration_bins_naive():
 
 def test_pairwise_agreement_and_residuals():
     assert R.pairwise_agreement([1, -1, 2, 0], [3, 1, 1, 5]) == pytest.approx((1 + 0 + 1 + 0.5) / 4)
-    assert R.pairwise_agreement([1, 1], [0, 2]) == 1.0  # gold tie left out
+    assert R.pairwise_agreement([1, 1], [0, 2]) == 0.75  # a gold tie gets half credit, as in the ceiling
+    assert np.isnan(R.pairwise_agreement([], []))
     rng = np.random.default_rng(0)
     g = rng.normal(size=50)
     r = 2 * g + 1 + rng.normal(scale=0.1, size=50)
