@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,18 @@ def chromium_browser():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Forget accelerate's process-wide state after each test.
+
+    ``accelerate`` keeps one ``AcceleratorState`` per process; a test that builds a TRL
+    trainer (bf16 settings) would otherwise make a later ``Accelerator(mixed_precision="no")``
+    fail. accelerate's own test-suite resets it the same way.
+    """
+    yield
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
