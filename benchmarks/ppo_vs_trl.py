@@ -35,11 +35,14 @@ median of 2 alternating runs each:
 | our ppo_epochs | samples/s ours / TRL | gold gain ours / TRL | peak RSS ours / TRL |
 |---|---|---|---|
 | 2 (the preset) | 176 / 217 = 0.81x | +0.63 / +0.19 | 467 / 605 MB |
-| 1 | 271 / 240 = 1.13x | +0.31 / +0.19 | 477 / 614 MB |
+| 1 | 242 / 138 = 1.75x | +0.31 / +0.19 | 470 / 613 MB |
+
+Other runs of the same command, under other loads, gave 0.79x and 1.15x for 2 epochs and
+1.12x-1.13x for 1 epoch: the ratio itself moves with the load on a shared machine.
 
 RLOO does less work per sample (no value function, one pass over each batch); PPO spends it
 on more gold reward per sample. On one batch of 64 prompts: HF ``model.generate`` 100 ms,
-our ``lm.sample`` 104 ms (1.03x), our whole rollout 151 ms (1.51x): it reuses the sampler's
+our ``lm.sample`` 104 ms (1.03x), our whole rollout 151 ms (1.51x; 1.71x in another run): it reuses the sampler's
 log-probabilities and hidden states (values), and adds one pass of the reference policy
 and the reward.
 """
