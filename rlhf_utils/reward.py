@@ -14,9 +14,10 @@ Implementation details, in the order they happen:
 1. **Backbone + head** (:class:`RewardModel`). The transformer body of the SFT policy
    (``policy.base_model``, e.g. ``GPT2Model``) and an ``nn.Linear(hidden, 1)`` head.
    The head starts at **zero** (``init_std=0``): every pair starts at P = 1/2, loss
-   log 2, and on the course's data this learned faster and was better calibrated from
-   few labels than lm-human-preferences' random head of std 1/sqrt(hidden + 1)
-   (``init_std`` gives that one back). The head has no bias: the Bradley--Terry loss only
+   log 2. On the course's data it learned faster than lm-human-preferences' random head
+   of std 1/sqrt(hidden + 1) (``init_std`` gives that one back): with 100 labels, 0.60
+   vs 0.49 held-out accuracy, with 1,600 labels 0.79 vs 0.77 (one run each, lr 3e-4,
+   on a 128-wide quick model). The head has no bias: the Bradley--Terry loss only
    sees differences r(A) - r(B), so a bias gets exactly zero gradient (the offset is set
    by the normalisation, item 7).
    We do *not* use ``GPT2ForSequenceClassification``: it finds the last token by
@@ -27,8 +28,9 @@ Implementation details, in the order they happen:
 2. **Text convention** (:func:`encode_for_reward`), used everywhere: the tokens are
    ``[BOS] + ids(prompt) + ids(" " + completion) + [EOS]`` (``ids`` without special
    tokens) -- the policy's own layout (``lm.encode_prompts`` + the sampled response),
-   whose samples end with EOS, so the reward model reads them as the policy made them. EOS is appended whether or not the sample
-   finished; penalising unfinished samples is the RL loop's job.
+   whose samples end with EOS, so the reward model reads them as the policy made them.
+   EOS is appended whether or not the sample finished; penalising unfinished samples is
+   the RL loop's job.
 3. **Which token is scored**: the last position whose ``attention_mask`` is 1 -- the
    EOS -- found from the mask, never from ``pad_token_id``; position ids are
    ``cumsum(mask) - 1``, so left, right and no padding give the same score.
@@ -37,8 +39,8 @@ Implementation details, in the order they happen:
    which is information -- and a reader's ties are too scarce to throw away.
 5. **Margin** (optional, Llama 2, Touvron et al. 2023): ``-log sigma(d - m)`` asks the
    chosen reward to beat the rejected one by at least ``m``; not applied to ties.
-6. **Training**: AdamW with a cosine learning-rate decay to a tenth (InstructGPT's reward
-   models used a cosine schedule), gradient clipping, held-out loss every ``eval_every`` steps
+6. **Training**: AdamW with a cosine learning-rate decay to a tenth of the peak (as
+   InstructGPT trained its reward models, Ouyang et al. 2022, appendix C), gradient clipping, held-out loss every ``eval_every`` steps
    (and at least once per epoch, so a small label set is watched closely),
    early stopping after ``patience`` evaluations without improvement, best weights
    restored.
@@ -55,6 +57,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -426,18 +429,33 @@ class RewardModel(nn.Module):
     # ---- saving ---------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Save as a Hugging Face folder (safetensors); see the module docstring, item 8."""
+        """Save as a Hugging Face folder (safetensors); see the module docstring, item 8.
+
+        Written to a temporary folder beside ``path`` and renamed into place (replacing an
+        older one), so a crash never leaves a half-written reward model under the real name.
+        """
+        import shutil
+        import tempfile
+
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        save_file({"weight": self.head.weight.detach().cpu().contiguous()}, str(path / HEAD_FILE))
-        meta = {"format": FORMAT, "gain": float(self.gain), "bias": float(self.bias),
-                "text_convention": TEXT_CONVENTION, "scored_token": "last real token (the EOS)",
-                "padding": "any (position ids from the attention mask)"}
-        (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            self.backbone.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            save_file({"weight": self.head.weight.detach().cpu().contiguous()}, str(tmp / HEAD_FILE))
+            meta = {"format": FORMAT, "gain": float(self.gain), "bias": float(self.bias),
+                    "text_convention": TEXT_CONVENTION, "scored_token": "last real token (the EOS)",
+                    "padding": "any (position ids from the attention mask)"}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return path
 
     @classmethod

@@ -244,6 +244,11 @@ def test_save_load_identical_scores(rm, tmp_path):
     assert meta["gain"] == float(rm.gain)
     loaded = R.RewardModel.load(path)
     assert torch.equal(loaded.score(PROMPTS, COMPLETIONS), rm.score(PROMPTS, COMPLETIONS))
+    # saving again replaces the folder, and leaves no temporary folder behind
+    rm.normalise(PROMPTS * 2, [c + " it was bad ." * i for i, c in enumerate(COMPLETIONS * 2)])
+    rm.save(path)
+    assert torch.equal(R.RewardModel.load(path).score(PROMPTS, COMPLETIONS), rm.score(PROMPTS, COMPLETIONS))
+    assert [p.name for p in tmp_path.iterdir()] == ["reward"]
     R.check_same_tokenizer(loaded.tokenizer, rm.tokenizer)
 
 
