@@ -363,7 +363,7 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(
         name="full",
         world=WorldConfig(n_train_reviews=200_000, n_eval_reviews=5_000),
-        lm=LMConfig(n_layer=12, n_head=12, n_embd=768, n_positions=128, steps=6_000,
+        lm=LMConfig(n_layer=16, n_head=12, n_embd=768, n_positions=128, steps=6_000,
                     batch_size=128, lr=6e-4, warmup_steps=300),
         sft=SFTConfig(n_demonstrations=20_000, steps=1_500, batch_size=64, lr=1e-4),
         cartpole=CartPoleConfig(total_timesteps=50_000, text_env_timesteps=10_000),
