@@ -51,6 +51,11 @@ CHECKS: dict[str, list[str]] = {
         "baseline_variance_ratio > 3",  # a baseline lowers REINFORCE's gradient variance
         "text_env_reward > 2 * text_env_random_reward",  # SB3 learns the toy text environment
     ],
+    "06": [
+        "gold_after - gold_before >= gold_std_before",  # gold reward up by >= 1 SFT std
+        "kl_final <= 6",  # the policy stayed near the SFT policy (nats)
+        "grammatical_fraction >= 0.95",  # and kept writing grammatical text
+    ],
     "05": [
         # near the noise ceiling (target 0.90 of it; measured 0.94 at quick)
         "heldout_label_accuracy >= 0.85 * best_gold_agreement_allowed",
