@@ -51,6 +51,20 @@ CHECKS: dict[str, list[str]] = {
         "baseline_variance_ratio > 3",  # a baseline lowers REINFORCE's gradient variance
         "text_env_reward > 2 * text_env_random_reward",  # SB3 learns the toy text environment
     ],
+    "03": [
+        "sft_heldout_nll_masked < sft_heldout_nll_base",  # SFT learned the demonstrations
+        # ... and closed most of the gap to the demonstrator's own NLL
+        "sft_heldout_nll_masked - sft_heldout_nll_floor < 0.6 * (sft_heldout_nll_base - sft_heldout_nll_floor)",
+        "abs(sft_heldout_nll_masked - sft_heldout_nll_unmasked) < 0.01",  # the mask changes little here
+        "prompt_nll_masked > prompt_nll_unmasked",  # ... but the masked run lets the prompts drift
+        "defect_rate_sft < 0.5 * defect_rate_base",  # clean demonstrations: far fewer defects
+        "gold_mean_sft > gold_mean_base",  # and a higher gold reward
+    ],
+    "04": [
+        "n_reader_labels + n_simulated_labels == n_pairs",  # every pair labelled once
+        "n_exported_pairs == n_pairs",  # all of them in the TRL export
+        "abs(annotator_gold_agreement - best_accuracy) < 0.03",  # the noise model does what the formula says
+    ],
     "06": [
         "gold_after - gold_before >= gold_std_before",  # gold reward up by >= 1 SFT std
         "kl_final <= 6",  # the policy stayed near the SFT policy (nats)
