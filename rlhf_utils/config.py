@@ -146,18 +146,28 @@ class LMConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Supervised fine-tuning on demonstrations (notebook 03)."""
+    """Supervised fine-tuning on demonstrations (notebook 03, ``lm.train_lm(mask_prompt=True)``)."""
 
     n_demonstrations: int = 2_000
-    """prompt -> continuation pairs"""
-    steps: int = 300
-    """optimizer steps"""
+    """(prompt, completion) pairs written by the clean demonstrator"""
+    n_heldout: int = 500
+    """held-out demonstrations, for the completion and prompt NLL"""
+    steps: int = 150
+    """optimizer steps (150 take the completion NLL most of the way to the demonstrator's entropy)"""
     batch_size: int = 32
     """pairs per step"""
     lr: float = 5e-4
-    """learning rate"""
+    """peak learning rate (AdamW, linear warm-up then cosine decay to 10%)"""
+    warmup_steps: int = 20
+    """linear warm-up steps"""
+    n_eval: int = 512
+    """prompts whose sampled completions are scored (defect rate, gold reward)"""
+    max_new_tokens: int = 48
+    """longest completion sampled in the evaluation, in tokens"""
+    temperature: float = 1.0
+    """sampling temperature of the evaluation (1 = the policy's own distribution)"""
     seed: int = 0
-    """seed of batch order"""
+    """seed of batch order and of evaluation sampling"""
 
 
 @dataclass(frozen=True)
@@ -365,7 +375,8 @@ PRESETS: dict[str, Preset] = {
         world=WorldConfig(n_train_reviews=200_000, n_eval_reviews=5_000),
         lm=LMConfig(n_layer=16, n_head=12, n_embd=768, n_positions=128, steps=6_000,
                     batch_size=128, lr=6e-4, warmup_steps=300),
-        sft=SFTConfig(n_demonstrations=20_000, steps=1_500, batch_size=64, lr=1e-4),
+        sft=SFTConfig(n_demonstrations=20_000, n_heldout=2_000, steps=1_500, batch_size=64, lr=1e-4,
+                      warmup_steps=100, n_eval=1_024, max_new_tokens=64),
         cartpole=CartPoleConfig(total_timesteps=50_000, text_env_timesteps=10_000),
         feedback=FeedbackConfig(n_pairs=10_000),
         reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5, eval_every=50, n_normalise=2_048,
