@@ -256,8 +256,8 @@ class RewardConfig:
 
     epochs: int = 5
     """passes over the training pairs"""
-    min_steps: int = 60
-    """at least this many optimizer steps (a small label set gets more epochs)"""
+    min_steps: int = 120
+    """at least this many optimizer steps, before any early stop (a small label set gets more epochs)"""
     batch_size: int = 32
     """pairs per step"""
     lr: float = 1e-3

@@ -42,8 +42,9 @@ Implementation details, in the order they happen:
 6. **Training**: AdamW with a cosine learning-rate decay to a tenth of the peak (as
    InstructGPT trained its reward models, Ouyang et al. 2022, appendix C), gradient clipping, held-out loss every ``eval_every`` steps
    (and at least once per epoch, so a small label set is watched closely),
-   early stopping after ``patience`` evaluations without improvement, best weights
-   restored.
+   early stopping after ``patience`` evaluations without improvement (never before
+   ``min_steps``: a small label set's held-out loss often rises a little before it
+   falls), best weights restored.
 7. **Normalisation**: ``r_norm = gain * r + bias`` with gain and bias chosen so that
    the rewards of the SFT policy's own samples have mean 0 and std 1 (population std),
    as in lm-human-preferences (Ziegler et al. 2019). Stored with the model.
@@ -686,7 +687,7 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
             hist.train_accuracy.append(((d > 0).float().mean().item()) if d.numel() else float("nan"))
             bar.update(1)
             if step % eval_every == 0 or step == total:
-                stop = evaluate(step)
+                stop = evaluate(step) and step >= getattr(config, "min_steps", 0)
                 bar.set_postfix(eval_loss=f"{hist.eval_loss[-1]:.3f}", eval_acc=f"{hist.eval_accuracy[-1]:.3f}")
                 if stop:
                     break

@@ -373,10 +373,15 @@ def test_early_stopping_restores_best(tokenizer):
     # held-out labels contradict the training labels: held-out loss rises, training stops
     train = [R.PreferencePair("i loved this film .", "it was great .", "it was bad .")] * 40
     held = [R.PreferencePair("i loved this film .", "it was bad .", "it was great .")] * 10
-    cfg = RewardConfig(epochs=20, batch_size=8, lr=3e-3, eval_every=1, patience=3)
+    cfg = RewardConfig(epochs=20, min_steps=0, batch_size=8, lr=3e-3, eval_every=1, patience=3)
     hist = R.train_reward_model(rm, train, held, cfg, progress=False)
     assert hist.stopped_early and hist.best_step == 0 and len(hist.eval_step) == 4
     assert R.evaluate_pairs(rm, held).loss == pytest.approx(hist.eval_loss[0], abs=1e-5)
+    # never before min_steps
+    rm2 = R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, init_std=0.25)
+    cfg = RewardConfig(epochs=20, min_steps=8, batch_size=8, lr=3e-3, eval_every=1, patience=3)
+    hist = R.train_reward_model(rm2, train, held, cfg, progress=False)
+    assert hist.stopped_early and hist.step[-1] == 8 and hist.best_step == 0
 
 
 def test_min_steps_adds_epochs(rm):
