@@ -166,6 +166,8 @@ class SFTConfig:
     """longest completion sampled in the evaluation, in tokens"""
     temperature: float = 1.0
     """sampling temperature of the evaluation (1 = the policy's own distribution)"""
+    long_prompt_words: int = 12
+    """random words put before each prompt in the "when the mask matters" experiment"""
     seed: int = 0
     """seed of batch order and of evaluation sampling"""
 

@@ -59,6 +59,7 @@ CHECKS: dict[str, list[str]] = {
         "prompt_nll_masked > prompt_nll_unmasked",  # ... but the masked run lets the prompts drift
         "defect_rate_sft < 0.5 * defect_rate_base",  # clean demonstrations: far fewer defects
         "gold_mean_sft > gold_mean_base",  # and a higher gold reward
+        "long_prompt_nll_masked < long_prompt_nll_unmasked - 0.01",  # with long noisy prompts the mask matters
     ],
     "04": [
         "n_reader_labels + n_simulated_labels == n_pairs",  # every pair labelled once
