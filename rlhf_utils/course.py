@@ -339,6 +339,7 @@ def _kernel_manager_class() -> type:
 def kernel_env(scale: str, report_path: Path | None = None, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a notebook's kernel gets: ours, plus ``env``, the scale and the report file."""
     out = dict(os.environ)
+    out.setdefault("RLHF_HEADLESS", "1")  # nobody can click a widget in a kernel the runner drives
     out.update(env or {})
     out["RLHF_SCALE"] = scale
     if report_path is not None:
