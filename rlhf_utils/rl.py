@@ -210,6 +210,37 @@ def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor
     return total
 
 
+class Adam:
+    """Adam (Kingma & Ba 2015, "Adam: a method for stochastic optimization", Algorithm 1)
+    for one fixed list of parameters, each updated in place from its ``.grad``:
+
+        m <- beta1 m + (1 - beta1) g,    v <- beta2 v + (1 - beta2) g^2     (t <- t + 1)
+        p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    The same update as ``torch.optim.Adam(params, fused=True)``, through the same fused
+    kernel (tested bit for bit), without torch.optim's bookkeeping on every step (hooks,
+    profiler records, grouping tensors by device): that bookkeeping took ~0.15 ms, a tenth
+    of a whole minibatch step of the 64x64 actor-critic. Set ``lr`` between steps to anneal it.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+        self.exp_avgs = [torch.zeros_like(p) for p in self.params]  # m, first moment
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]  # v, second moment
+        self.t = torch.zeros(())  # step count, a float32 scalar tensor: the fused kernel's format
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        grads = [p.grad for p in self.params]
+        steps = [self.t] * len(self.params)  # the kernel wants one step count per tensor: all share this one
+        torch._fused_adam_(
+            self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], steps, lr=self.lr,
+            beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=0.0, amsgrad=False, maximize=False,
+        )
+
+
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     """1 - Var[target - predicted] / Var[target]: 1 = perfect value function, 0 = no better
     than predicting the mean, < 0 = worse. NaN when the targets do not vary."""
@@ -322,10 +353,13 @@ def _mlp(sizes: list[int], out_std: float, generator: torch.Generator) -> nn.Mod
 
 def _mlp_forward(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     """tanh(W_1 x + b_1) -> ... -> W_L h + b_L (no activation after the last layer). Written
-    with F.linear rather than nn.Sequential: the same maths, a third less Python overhead."""
-    for linear in layers[:-1]:
+    with F.linear rather than nn.Sequential: the same maths, a third less Python overhead.
+    (``*hidden, last = layers`` rather than ``layers[:-1]``: slicing a ModuleList builds a
+    new ModuleList on every call, which cost as much as the two 64x64 matmuls.)"""
+    *hidden, last = layers
+    for linear in hidden:
         x = torch.tanh(F.linear(x, linear.weight, linear.bias))
-    return F.linear(x, layers[-1].weight, layers[-1].bias)
+    return F.linear(x, last.weight, last.bias)
 
 
 class ActorCritic(nn.Module):
@@ -506,7 +540,7 @@ class PPOAgent:
         with _torch_threads(config.torch_threads):  # bit-for-bit the same init whatever the global setting
             self.net = ActorCritic(self.obs_dim, self.n_actions, config.hidden_sizes, seed=config.seed)
         self.params = list(self.net.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate, eps=1e-5, fused=True)
+        self.optimizer = Adam(self.params, lr=config.learning_rate, eps=1e-5)  # detail 3
         self.generator = torch.Generator().manual_seed(config.seed)
 
     # ---- acting ------------------------------------------------------------------------
@@ -566,8 +600,7 @@ class PPOAgent:
         for update in range(num_updates):
             frac = 1.0 - update / num_updates  # linear annealing (detail 4)
             lr = cfg.learning_rate * (frac if cfg.anneal_lr else 1.0)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            self.optimizer.lr = lr
             clip = cfg.clip_coef * (frac if cfg.anneal_clip else 1.0)
 
             # ---- rollout: T steps of N environments, no gradients

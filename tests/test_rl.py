@@ -15,6 +15,7 @@ import torch
 from rlhf_utils.config import CartPoleConfig
 from rlhf_utils.rl import (
     ActorCritic,
+    Adam,
     Bandit,
     PPOAgent,
     a2c_config,
@@ -173,6 +174,34 @@ def test_clip_grad_norm_matches_torch(max_norm):
     assert torch.allclose(ours, ref)
     for p, q in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_adam_matches_torch_bit_for_bit_with_annealed_lr():
+    """Our Adam = torch.optim.Adam(fused=True) exactly (same kernel), and = the default
+    (foreach) torch.optim.Adam to float precision, over steps with a changing lr."""
+    nets = [ActorCritic(4, 2, seed=0) for _ in range(3)]
+    params = [list(net.parameters()) for net in nets]
+    ours = Adam(params[0], lr=1e-3, eps=1e-5)
+    fused = torch.optim.Adam(params[1], lr=1e-3, eps=1e-5, fused=True)
+    plain = torch.optim.Adam(params[2], lr=1e-3, eps=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        x = torch.randn(16, 4, generator=gen)
+        lr = 1e-3 * (1 - step / 5)
+        ours.lr = lr
+        for opt in (fused, plain):
+            opt.param_groups[0]["lr"] = lr
+        for net in nets:
+            logits, values = net(x)
+            (logits.pow(2).sum() + values.pow(2).sum()).backward()
+        for opt in (ours, fused, plain):
+            opt.step()
+        for net in nets:
+            net.zero_grad(set_to_none=True)
+    for p, q, r, p0 in zip(*params, ActorCritic(4, 2, seed=0).parameters()):
+        assert not torch.equal(p, p0)  # it did move
+        assert torch.equal(p, q)
+        assert torch.allclose(p, r, rtol=1e-5, atol=1e-7)
 
 
 def test_clipfrac_and_explained_variance():
