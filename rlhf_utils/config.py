@@ -371,7 +371,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "quick": Preset(name="quick"),
+    # quick PPO samples at temperature 0.7: fewer sampling slips ("it was was"), which the course's
+    # reward model over-rates, so PPO has less to hack (notebook 06, measured on the real 01->05 chain)
+    "quick": Preset(name="quick", ppo=PPOConfig(temperature=0.7)),
     "full": Preset(
         name="full",
         world=WorldConfig(n_train_reviews=200_000, n_eval_reviews=5_000),
