@@ -361,11 +361,11 @@ def test_train_learns_a_preference(tokenizer):
     assert hist.eval_loss[hist.eval_step.index(hist.best_step)] == pytest.approx(min(hist.eval_loss))
     # every trainable tensor moved (TRL-style check) -- except the final LayerNorm's bias:
     # head(ln_f(x)) = w . (gamma * xhat + beta), and w . beta is a constant offset, which
-    # the Bradley-Terry loss (a function of differences only) cannot see (its gradient is 0
-    # up to rounding, so whether it moves by a last bit depends on the thread count)
+    # the Bradley-Terry loss (a function of differences only) cannot see. Its gradient is 0
+    # only up to rounding, and Adam divides by sqrt(v), so rounding noise can still move it
+    # by about lr per step: whether it moves depends on the thread count, so it is not checked
     still = [k for k, v in rm.named_parameters() if torch.equal(v, before[k])]
     assert set(still) <= {"backbone.ln_f.bias"}
-    assert torch.allclose(rm.backbone.ln_f.bias, before["backbone.ln_f.bias"], atol=1e-6)
 
 
 def test_early_stopping_restores_best(tokenizer):
