@@ -27,11 +27,12 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
@@ -435,25 +436,30 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 256) -> flo
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def save_checkpoint(model, tokenizer, path) -> Path:
-    """Save model and tokenizer as a Hugging Face folder (safetensors), atomically.
-
-    Written to a temporary folder beside ``path`` and renamed into place, so a
-    crash never leaves a half-written checkpoint under the real name.
-    """
+@contextmanager
+def atomic_folder(path) -> Iterator[Path]:
+    """Write a folder atomically: yields a temporary folder beside ``path`` to fill, then
+    renames it into place. On an error the temporary folder is removed and ``path`` is left
+    as it was, so a crash never leaves a half-written folder under the real name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+
+
+def save_checkpoint(model, tokenizer, path) -> Path:
+    """Save model and tokenizer as a Hugging Face folder (safetensors), atomically."""
+    with atomic_folder(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(path)
 
 
 def check_checkpoint(path) -> Path:

@@ -48,10 +48,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -769,19 +765,15 @@ class PPOTrainer:
         path = Path(path)
         gens = gather_object([[self.sample_gen.get_state().tolist(), self.shuffle_gen.get_state().tolist()]])
         if self.accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-            model = self.accelerator.unwrap_model(self.model)
-            save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-                      str(tmp / PARAMS_FILE))
-            torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-            state = {"format": "rlhf_utils.ppo/1", "step": self.step_count, **self._fingerprint(),
-                     "kl_ctl": self.kl_ctl.state_dict(), "history": self.history,
-                     "prompt_gen": self.prompt_gen.get_state().tolist(), "rank_gens": gens}
-            (tmp / STATE_FILE).write_text(json.dumps(state))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            with lm.atomic_folder(path) as tmp:
+                model = self.accelerator.unwrap_model(self.model)
+                save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                          str(tmp / PARAMS_FILE))
+                torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+                state = {"format": "rlhf_utils.ppo/1", "step": self.step_count, **self._fingerprint(),
+                         "kl_ctl": self.kl_ctl.state_dict(), "history": self.history,
+                         "prompt_gen": self.prompt_gen.get_state().tolist(), "rank_gens": gens}
+                (tmp / STATE_FILE).write_text(json.dumps(state))
         self.accelerator.wait_for_everyone()
         return path
 

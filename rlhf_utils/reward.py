@@ -58,7 +58,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -435,15 +434,11 @@ class RewardModel(nn.Module):
         Written to a temporary folder beside ``path`` and renamed into place (replacing an
         older one), so a crash never leaves a half-written reward model under the real name.
         """
-        import shutil
-        import tempfile
-
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
+        from rlhf_utils.lm import atomic_folder
+
+        with atomic_folder(path) as tmp:
             self.backbone.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             save_file({"weight": self.head.weight.detach().cpu().contiguous()}, str(tmp / HEAD_FILE))
@@ -451,13 +446,7 @@ class RewardModel(nn.Module):
                     "text_convention": TEXT_CONVENTION, "scored_token": "last real token (the EOS)",
                     "padding": "any (position ids from the attention mask)"}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> "RewardModel":

@@ -8,7 +8,6 @@ a kernel restart. Screenshots go to ``test-artifacts/``.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
