@@ -256,17 +256,23 @@ def _tiny_tokenizer(texts):
                                    unk_token="<unk>")
 
 
-def test_export_trains_trl_reward_trainer_one_step(tmp_path):
-    import torch
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-    from trl import RewardConfig, RewardTrainer
-
-    rng = np.random.default_rng(0)
+def _tiny_preference_data(seed: int):
+    """Eight exported judgements in TRL's format, and a word-level tokenizer for them."""
+    rng = np.random.default_rng(seed)
     words = ["great", "awful", "good", "bad", "film", "book"]
     judgements = [pair_record(f"i saw this {rng.choice(words[4:])} .", f"it was {rng.choice(words)} .",
                               f"it was very {rng.choice(words)} .", "a" if i % 2 else "b") for i in range(8)]
     ds = to_preference_dataset(judgements)
     tokenizer = _tiny_tokenizer(list(ds["prompt"]) + list(ds["chosen"]) + list(ds["rejected"]))
+    return ds, tokenizer
+
+
+def test_export_trains_trl_reward_trainer_one_step(tmp_path):
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    ds, tokenizer = _tiny_preference_data(seed=0)
     torch.manual_seed(0)
     model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16,
                                                      n_layer=1, n_head=2, num_labels=1,
@@ -409,12 +415,7 @@ def test_export_trains_trl_dpo_trainer_one_step(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
     from trl import DPOConfig, DPOTrainer
 
-    rng = np.random.default_rng(1)
-    words = ["great", "awful", "good", "bad", "film", "book"]
-    judgements = [pair_record(f"i saw this {rng.choice(words[4:])} .", f"it was {rng.choice(words)} .",
-                              f"it was very {rng.choice(words)} .", "a" if i % 2 else "b") for i in range(8)]
-    ds = to_preference_dataset(judgements)
-    tokenizer = _tiny_tokenizer(list(ds["prompt"]) + list(ds["chosen"]) + list(ds["rejected"]))
+    ds, tokenizer = _tiny_preference_data(seed=1)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2,
                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
