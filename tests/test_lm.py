@@ -269,6 +269,33 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 # ---- sampling ------------------------------------------------------------------------
 
 
+def test_sample_categorical_matches_the_distribution_and_multinomial():
+    """Inverse-CDF draws follow ``probs`` (zeros never drawn) and match torch.multinomial's frequencies."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0],  # zeros inside and at both ends
+                          [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # a certain token
+                          [0.1, 0.1, 0.1, 0.1, 0.1, 0.5]])
+    n = 40_000
+    g = torch.Generator().manual_seed(0)
+    ours = torch.stack([lm.sample_categorical(probs, g) for _ in range(n)])  # [n, 3]
+    theirs = torch.multinomial(probs, n, replacement=True, generator=g).T  # [n, 3]
+    for row in range(probs.shape[0]):
+        p = probs[row].double()
+        se = (p * (1 - p) / n).sqrt()
+        for draws in (ours[:, row], theirs[:, row]):
+            freq = torch.bincount(draws, minlength=6).double() / n
+            assert bool((freq[p == 0] == 0).all())  # impossible tokens never drawn
+            assert bool(((freq - p).abs() <= 5 * se + 1e-12).all()), (row, freq, p)
+
+
+def test_sample_categorical_extreme_uniforms_land_on_possible_tokens(monkeypatch):
+    """u = 0 (x = the total) picks the last possible token, not a trailing zero; u -> 1 the first
+    possible one, not a leading zero."""
+    probs = torch.tensor([[0.0, 0.3, 0.7, 0.0, 0.0], [0.2, 0.2, 0.0, 0.2, 0.4]])
+    for u, expected in ((0.0, [2, 4]), (1 - 2**-24, [1, 0])):
+        monkeypatch.setattr(lm.torch, "rand", lambda *shape, u=u, **kw: torch.full(shape, u, dtype=kw.get("dtype")))
+        assert lm.sample_categorical(probs).tolist() == expected
+
+
 @torch.no_grad()
 def naive_greedy(model, tok, prompt: str, max_new_tokens: int) -> list[int]:
     """Greedy decoding of one prompt: a full forward pass per step, no cache, no padding."""
