@@ -346,19 +346,6 @@ class PolicyWithValueHead(nn.Module):
         return logits, values
 
 
-@contextlib.contextmanager
-def _newest_hidden_states(body: nn.Module):
-    """While inside, collect ``body``'s last hidden state at the newest position of every
-    forward call, ``[B, H]`` each: during KV-cache sampling, call k's is the state from which
-    response token k is chosen (call 0 reads the prompt)."""
-    captured: list[torch.Tensor] = []
-    handle = body.register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state[:, -1]))
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
 def _check_forward_matches(model: PolicyWithValueHead) -> None:
     """Our forward is ``lm_head(body(x))``; refuse a model whose own forward does more
     (logit soft-capping, logit scaling), which would make our log-probabilities wrong."""
@@ -592,17 +579,16 @@ class PPOTrainer:
     def rollout(self, prompts: list[str]) -> Rollout:
         """Sample completions, score them, and record what the update needs."""
         c, model = self.config, self.accelerator.unwrap_model(self.model)
+        fp32 = self.accelerator.mixed_precision == "no"
         with self.accelerator.autocast():
-            with _newest_hidden_states(_hf_model(model.lm).base_model) as hidden:
-                s = lm.sample(model.lm, self.tokenizer, prompts, c.max_new_tokens, temperature=c.temperature,
-                              generator=self.sample_gen)
-            R = s.response_ids.shape[1]
-            if self.accelerator.mixed_precision == "no":
-                # fp32: the sampler's KV-cache steps computed what a full pass would (to float
+            s = lm.sample(model.lm, self.tokenizer, prompts, c.max_new_tokens, temperature=c.temperature,
+                          generator=self.sample_gen, with_hidden=fp32)
+            if fp32:
+                # the sampler's KV-cache steps computed what a full pass would (to float
                 # rounding): reuse its log-probs, and its hidden states for the values, as
                 # lm-human-preferences does -- no second pass through the policy.
                 logprobs = s.logprobs
-                values = model.v_head(torch.stack(hidden[:R], 1).to(model.v_head.weight.dtype)).squeeze(-1)
+                values = model.v_head(s.hidden.to(model.v_head.weight.dtype)).squeeze(-1)
             else:  # bf16: recompute both in one full pass, so the first update's ratio is exactly 1
                 input_ids = torch.cat([s.prompt_ids, s.response_ids], 1)  # [B, P+R]
                 attention_mask = torch.cat([s.prompt_mask, s.response_mask], 1)  # [B, P+R]

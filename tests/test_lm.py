@@ -9,6 +9,7 @@ fresh Python process with nothing but ``transformers``.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -379,6 +380,46 @@ def test_same_generator_seed_same_samples(tok, random_model):
     c = lm.sample(random_model, tok, PROMPTS * 4, 10, top_p=0.9, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
     assert not torch.equal(a.response_ids, c.response_ids)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
+def test_fast_gpt2_decoding_equals_the_hugging_face_forward(tok, trained, world, monkeypatch, activation):
+    """The GPT-2 decoder gives the model's own forward's numbers bit for bit: tokens,
+    log-probabilities and hidden states, with prompts of several lengths and rows ending early."""
+    from transformers import GPT2LMHeadModel
+
+    config = trained.model.config.to_dict() | {"activation_function": activation}
+    model = GPT2LMHeadModel(type(trained.model.config).from_dict(config)).eval()
+    model.load_state_dict(trained.model.state_dict())
+    prompts = world.prompts(24, seed=9) + ["", "the food was"]
+    assert lm._GPT2Decoder.supports(model)
+
+    def run():
+        return lm.sample(model, tok, prompts, 30, temperature=1.2, generator=torch.Generator().manual_seed(0),
+                         with_hidden=True)
+
+    fast = run()
+    monkeypatch.setattr(lm._GPT2Decoder, "supports", staticmethod(lambda m: False))
+    slow = run()
+    assert len(set(fast.response_mask.sum(1).tolist())) > 3  # rows ended at different steps
+    assert fast.hidden.shape == (len(prompts), fast.response_ids.shape[1], model.config.n_embd)
+    for name in ("response_ids", "response_mask", "logprobs", "hidden"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert fast.texts == slow.texts
+
+
+def test_fast_gpt2_decoding_only_for_a_plain_gpt2_in_eval_mode(tok, trained):
+    """Training mode (dropout), another attention kernel or LoRA layers go through the model's own forward."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2LMHeadModel
+
+    model = copy.deepcopy(trained.model)
+    assert lm._GPT2Decoder.supports(model)
+    assert not lm._GPT2Decoder.supports(model.train())
+    eager = GPT2LMHeadModel._from_config(model.config, attn_implementation="eager").eval()
+    assert not lm._GPT2Decoder.supports(eager)
+    peft_model = get_peft_model(copy.deepcopy(trained.model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    assert not lm._GPT2Decoder.supports(peft_model) and not lm._GPT2Decoder.supports(peft_model.get_base_model().eval())
 
 
 def test_sample_bad_arguments(tok, random_model):
