@@ -243,8 +243,11 @@ TINY = PPOConfig(steps=3, batch_size=8, mini_batch_size=4, gradient_accumulation
                  max_new_tokens=10, lr=1e-3)
 
 
-def test_rollout_masks_logprobs_and_scores(tokenizer):
-    t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_rollout_masks_logprobs_and_scores(tokenizer, build):
+    """GPT-2 samples through lm's own decoder, Llama through its forward: both record the same
+    log-probabilities and values a full forward pass gives."""
+    t = PPOTrainer(build(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
     ro = t.rollout(PROMPTS[:8])
     m = ro.response_mask
     eos = tokenizer.eos_token_id
@@ -275,6 +278,23 @@ def test_rollout_masks_logprobs_and_scores(tokenizer):
     with torch.no_grad():
         _, full_values = t.accelerator.unwrap_model(t.model)(ids, am, ro.prompt_ids.shape[1] - 1, with_logits=False)
     assert (ro.values != 0).any() and torch.allclose(ro.values, full_values * ro.response_mask, atol=1e-5)
+
+
+def test_bf16_autocast_recomputes_logprobs_so_the_first_ratio_is_one(tokenizer):
+    """The GPU path (bf16 autocast), run on the CPU: the rollout recomputes log-probs and values
+    in one full pass under autocast, so the first minibatch's ratio is exactly 1."""
+    from accelerate import Accelerator
+
+    config = dataclasses.replace(TINY, batch_size=8, mini_batch_size=8, gradient_accumulation_steps=1, ppo_epochs=1)
+    t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, config,
+                   accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
+    assert t.accelerator.mixed_precision == "bf16"
+    before = _params(t.accelerator.unwrap_model(t.model))
+    stats = t.step()
+    assert stats["policy/approx_kl"] == 0 and stats["policy/clipfrac"] == 0
+    after = _params(t.accelerator.unwrap_model(t.model))
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert not [n for n in before if torch.equal(before[n], after[n])]
 
 
 def _params(module):
