@@ -142,34 +142,42 @@ def worker_trl(args) -> dict:
             "gold_before": before, "gold_after": after, "peak_rss_mb": peak_rss_mb()}
 
 
-def worker_generate(args) -> dict:
-    world, model, tok, config, prompts, eval_prompts = setup(args)
-    batch = prompts[: config.batch_size]
-    ids, mask = lm.encode_prompts(tok, batch)
-    trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")
-    policy = trainer.policy
-    g = torch.Generator().manual_seed(0)
-
+def time_generation(trainer: PPOTrainer, prompts: list[str], repeats: int) -> dict[str, float]:
+    """Median seconds of Hugging Face ``generate``, our ``lm.sample`` and the trainer's whole
+    rollout on one batch of ``prompts``: the same sampling distribution (temperature, no top-k /
+    top-p), the same autocast, timed interleaved so that a change in load hits all three alike."""
+    c, tok, policy, device = trainer.config, trainer.tokenizer, trainer.policy, trainer.device
+    ids, mask = lm.encode_prompts(tok, prompts, device)
+    g = torch.Generator(device=device).manual_seed(0)
     torch.manual_seed(0)
 
-    def hf_generate():  # the same sampling distribution as ours: temperature, no top-k / top-p
-        with torch.no_grad():
+    def hf_generate():
+        with torch.no_grad(), trainer.accelerator.autocast():
             return policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
-                                   temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                   temperature=c.temperature, max_new_tokens=c.max_new_tokens,
                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
-    methods = {"generate": hf_generate,
-               "sample": lambda: lm.sample(policy, tok, batch, config.max_new_tokens, temperature=config.temperature,
-                                           generator=g),
-               "rollout": lambda: trainer.rollout(batch)}
+    def our_sample():
+        with trainer.accelerator.autocast():
+            return lm.sample(policy, tok, prompts, c.max_new_tokens, temperature=c.temperature, generator=g)
+
+    methods = {"generate": hf_generate, "sample": our_sample, "rollout": lambda: trainer.rollout(prompts)}
     runs = {name: [] for name in methods}
-    for repeat in range(args.repeats + 1):  # interleaved, so that a change in load hits all three alike
+    for repeat in range(repeats + 1):
         for name, fn in methods.items():
             t0 = time.perf_counter()
             fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             if repeat:  # the first round warms up
                 runs[name].append(time.perf_counter() - t0)
     return {name: statistics.median(r) for name, r in runs.items()}
+
+
+def worker_generate(args) -> dict:
+    world, model, tok, config, prompts, eval_prompts = setup(args)
+    trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")
+    return time_generation(trainer, prompts[: config.batch_size], args.repeats)
 
 
 def run_worker(name: str, args) -> dict:
