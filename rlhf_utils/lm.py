@@ -392,7 +392,7 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     logits, hidden = decoder.prefill(prompt_ids, prompt_mask)
     tokens, logps, alive, hiddens = [], [], [], []
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         logits = logits.float() / temperature  # [B, V]
         if greedy:
             token = logits.argmax(-1)
@@ -405,7 +405,7 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
         token = token.masked_fill(done, pad)
         tokens.append(token)
         done = done | (token == eos)
-        if bool(done.all()):
+        if bool(done.all()) or i == max_new_tokens - 1:
             break
         logits, hidden = decoder.step(token, alive[-1])  # the token just chosen, masked if its row had ended
     response_ids = torch.stack(tokens, 1)  # [B, R]
