@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
@@ -322,7 +323,6 @@ class _GPT2Decoder(_Decoder):
         return first
 
     def step(self, token: torch.Tensor, alive: torch.Tensor):
-        F = torch.nn.functional
         body, c, t = self.model.transformer, self.model.config, self.column
         batch, heads = token.shape[0], c.n_head
         self.keep[:, 0, 0, t] = alive
