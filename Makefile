@@ -3,6 +3,7 @@
 #
 #   make course            every notebook in order at the quick scale (python -m rlhf_utils.course)
 #   make course SCALE=full ONLY=01,03
+#   make course SEED=1     the same course with other random draws (the spreads the notebooks quote)
 #   make test              the whole test suite (installs Debian's chromium for the browser tests)
 #   make lab               JupyterLab on notebooks/
 
@@ -12,9 +13,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 SCALE ?= $(or $(RLHF_SCALE),quick)
 ONLY ?=
+SEED ?=
 PYTEST_ARGS ?=
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# the same CPU kernels on every x86 machine, so a seed gives the same figures anywhere (read when
+# torch starts; the list is rlhf_utils/reproducibility.py's, printed without importing anything)
+$(foreach v,$(shell $(PYTHON) rlhf_utils/reproducibility.py 2>/dev/null),$(eval export $(v)))
 
 COURSE_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 TEST_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml | sha256sum | cut -c1-16)
@@ -24,10 +29,10 @@ TEST_STAMP := $(VENV)/.installed-test-$(TEST_HASH)
 .PHONY: course test lab chromium help
 
 help:
-	@sed -n '1,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,9p' Makefile | sed 's/^# \{0,1\}//'
 
 course: $(COURSE_STAMP)
-	$(BIN)/python -m rlhf_utils.course --scale $(SCALE) $(if $(ONLY),--only $(ONLY))
+	$(BIN)/python -m rlhf_utils.course --scale $(SCALE) $(if $(ONLY),--only $(ONLY)) $(if $(SEED),--seed $(SEED))
 
 test: $(TEST_STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -31,7 +31,7 @@ import stable_baselines3  # noqa: F401
 import torch
 
 from rlhf_utils.config import CartPoleConfig
-from rlhf_utils.rl import PPOAgent, evaluate_policy
+from rlhf_utils.cartpole import PPOAgent, evaluate_policy
 
 
 def run_ours(steps: int, seed: int, threads: int) -> tuple[float, float, float]:

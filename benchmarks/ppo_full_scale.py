@@ -11,7 +11,7 @@ minibatches of 64, 4 epochs, 64 new tokens, bf16 autocast on a GPU that supports
 overridden. One step is run first as a warm-up and not timed.
 
     python benchmarks/ppo_full_scale.py [--steps 5] [--policy DIR] [--device cuda] [--lora-r 16]
-    python benchmarks/ppo_full_scale.py --device cpu --steps 1 --batch 8 --mini-batch 4 --max-new-tokens 8   # smoke test
+    python benchmarks/ppo_full_scale.py --device cpu --steps 1 --batch 8 --num-minibatches 2 --max-new-tokens 8   # smoke test
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, peak RSS of the process otherwise.
 """
@@ -27,14 +27,16 @@ import torch
 
 from ppo_vs_trl import peak_rss_mb, time_generation
 from rlhf_utils import lm
+from rlhf_utils.checkpoints import load_checkpoint
 from rlhf_utils.config import get_device, get_preset, seed_everything
-from rlhf_utils.ppo import PPOTrainer, gold_reward_fn
+from rlhf_utils.evaluation import gold_reward_fn
+from rlhf_utils.ppo import PPOTrainer
 from rlhf_utils.world import World
 
 
 def policy_and_tokenizer(args, preset, world):
     if args.policy:
-        return lm.load_checkpoint(Path(args.policy), device="cpu")
+        return load_checkpoint(Path(args.policy), device="cpu")
     tokenizer = lm.train_tokenizer(world.corpus(5_000, seed=0))
     return lm.build_model(preset.lm, tokenizer).eval(), tokenizer
 
@@ -46,14 +48,14 @@ def main() -> None:
     ap.add_argument("--scale", default="full", help="the preset whose PPO settings (and model) are used")
     ap.add_argument("--device", default=None, help="cuda, cpu or mps (default: the best available)")
     ap.add_argument("--batch", type=int, default=None, help="completions per iteration (default: the preset's)")
-    ap.add_argument("--mini-batch", type=int, default=None, help="sequences per optimizer step (default: the preset's)")
+    ap.add_argument("--num-minibatches", type=int, default=None, help="optimizer steps per epoch (default: the preset's)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the preset's")
     ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: the preset's, 0 = full fine-tuning)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of generate / sample / rollout")
     args = ap.parse_args()
 
     preset = get_preset(args.scale)
-    changes = {"batch_size": args.batch, "mini_batch_size": args.mini_batch,
+    changes = {"batch_size": args.batch, "num_minibatches": args.num_minibatches,
                "max_new_tokens": args.max_new_tokens, "lora_r": args.lora_r}
     config = dataclasses.replace(preset.ppo, steps=args.steps + 1, **{k: v for k, v in changes.items() if v is not None})
     device = get_device(args.device)
@@ -64,8 +66,8 @@ def main() -> None:
     prompts = world.prompts(config.n_prompts, seed=config.seed)
     trainer = PPOTrainer(policy, tokenizer, gold_reward_fn(world), prompts, config, device=device)
     print(f"{type(policy).__name__}, {n_params / 1e6:.1f} M parameters, on {trainer.device}, "
-          f"mixed precision {trainer.accelerator.mixed_precision}; batch {config.batch_size}, minibatch "
-          f"{config.mini_batch_size}, {config.ppo_epochs} epochs, {config.max_new_tokens} new tokens, LoRA r {config.lora_r}")
+          f"mixed precision {trainer.accelerator.mixed_precision}; batch {config.batch_size}, "
+          f"{config.num_minibatches} minibatches, {config.update_epochs} epochs, {config.max_new_tokens} new tokens, LoRA r {config.lora_r}")
 
     trainer.step()  # warm-up: allocator, kernels
     if trainer.device.type == "cuda":

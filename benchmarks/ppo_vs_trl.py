@@ -6,8 +6,8 @@ thing), draw prompts from the same pool, and sample the same number of completio
 (``steps x batch``, at the quick preset's temperature 0.7, at most ``max_new_tokens`` each).
 Each run is its own subprocess, so that its peak RSS is its own; ``--rounds`` runs of each
 trainer, the order alternating from round to round so that a change in machine load hits
-all alike; medians reported. Ours runs once per ``--ppo-epochs`` value (default: the
-preset's 2, and 1). Reported:
+all alike; medians reported. Ours runs once per ``--update-epochs`` value (default: the
+preset's 2, 1, and lm-human-preferences' 4). Reported:
 
 * samples/s and generated tokens/s over the training wall time (model loading and the
   before/after evaluations excluded);
@@ -26,9 +26,9 @@ prompt and needs no value function (REINFORCE leave-one-out baseline, Ahmadian e
 2024); ours samples one per prompt and learns a value head. Both use the same learning
 rate, KL coefficient (TRL: fixed ``beta``; ours: adaptive from the same start), gradient
 clipping, no gradient checkpointing, one optimisation pass per batch for TRL (its default,
-one optimizer step per 64 completions) and ``ppo_epochs`` passes of 2 minibatches for ours.
+one optimizer step per 64 completions) and ``update_epochs`` passes of 2 minibatches for ours.
 
-    python benchmarks/ppo_vs_trl.py [--steps 40] [--batch 64] [--threads 1] [--ppo-epochs 2 1] [--rounds 3]
+    python benchmarks/ppo_vs_trl.py [--steps 40] [--batch 64] [--threads 1] [--update-epochs 2 1 4] [--rounds 3]
 
 Measured 2026-11-29 on this project's 2-core CPU machine, quiet (load < 1), the quick SFT
 policy from ``make course`` (0.11 M parameters), 40 x 64 completions, 3 alternating rounds:
@@ -66,8 +66,10 @@ from pathlib import Path
 import torch
 
 from rlhf_utils import lm
+from rlhf_utils.checkpoints import load_checkpoint
 from rlhf_utils.config import checkpoints_dir, get_preset
-from rlhf_utils.ppo import PPOTrainer, gold_reward_fn
+from rlhf_utils.evaluation import evaluate_policy, gold_reward_fn
+from rlhf_utils.ppo import PPOTrainer
 from rlhf_utils.world import World
 
 N_EVAL = 256
@@ -77,30 +79,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def setup(args, ppo_epochs: int | None = None):
+def setup(args, update_epochs: int | None = None):
     torch.set_num_threads(args.threads)
     preset = get_preset("quick")
     world = World(preset.world.seed)
     policy_path = Path(args.policy or checkpoints_dir() / "sft")
     if not policy_path.is_dir():
         sys.exit(f"No SFT policy at {policy_path}: run notebook 03 (supervised fine-tuning) first.")
-    model, tok = lm.load_checkpoint(policy_path, device="cpu")
-    config = dataclasses.replace(preset.ppo, steps=args.steps, batch_size=args.batch,
-                                 mini_batch_size=args.batch // 2, max_new_tokens=args.max_new_tokens,
-                                 ppo_epochs=ppo_epochs or preset.ppo.ppo_epochs)
+    model, tok = load_checkpoint(policy_path, device="cpu")
+    config = dataclasses.replace(preset.ppo, steps=args.steps, batch_size=args.batch, num_minibatches=2,
+                                 max_new_tokens=args.max_new_tokens,
+                                 update_epochs=update_epochs or preset.ppo.update_epochs)
     prompts = world.prompts(config.n_prompts, seed=config.seed)
     eval_prompts = world.prompts(N_EVAL, seed=10_000)
     return world, model, tok, config, prompts, eval_prompts
 
 
 def gold_of(model, tok, world, prompts, max_new_tokens, temperature) -> float:
-    g = torch.Generator().manual_seed(123)
-    texts = lm.sample(model, tok, prompts, max_new_tokens, temperature=temperature, generator=g).texts
-    return float(world.gold_rewards(texts, prompts).mean())
+    return evaluate_policy(model, tok, world, prompts, max_new_tokens, temperature, seed=123).summary()["gold_mean"]
 
 
-def worker_ours(args, ppo_epochs: int) -> dict:
-    world, model, tok, config, prompts, eval_prompts = setup(args, ppo_epochs)
+def worker_ours(args, update_epochs: int) -> dict:
+    world, model, tok, config, prompts, eval_prompts = setup(args, update_epochs)
     before = gold_of(model, tok, world, eval_prompts, config.max_new_tokens, config.temperature)
     trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")
     start = time.perf_counter()
@@ -125,7 +125,7 @@ def worker_trl(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         targs = RLOOConfig(
             output_dir=out, per_device_train_batch_size=config.batch_size, num_generations=args.num_generations,
-            max_completion_length=config.max_new_tokens, learning_rate=config.lr, beta=config.init_kl_coef,
+            max_completion_length=config.max_new_tokens, learning_rate=config.learning_rate, beta=config.init_kl_coef,
             max_steps=config.steps, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
             temperature=config.temperature, seed=config.seed, bf16=False, disable_dropout=True,
             dataloader_num_workers=0, max_grad_norm=config.max_grad_norm,
@@ -181,7 +181,7 @@ def worker_generate(args) -> dict:
 
 
 def run_worker(name: str, args) -> dict:
-    options = {k: v for k, v in vars(args).items() if k not in ("worker", "ppo_epochs") and v is not None}
+    options = {k: v for k, v in vars(args).items() if k not in ("worker", "update_epochs") and v is not None}
     cmd = [sys.executable, __file__, "--worker", name] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -191,14 +191,15 @@ def run_worker(name: str, args) -> dict:
 
 
 def main() -> None:
-    preset_epochs = get_preset("quick").ppo.ppo_epochs
+    preset_epochs = get_preset("quick").ppo.update_epochs
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40, help="training iterations of each trainer")
     ap.add_argument("--batch", type=int, default=64, help="completions sampled per iteration")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--num-generations", type=int, default=4, help="RLOO's completions per prompt")
-    ap.add_argument("--ppo-epochs", type=int, nargs="+", default=[preset_epochs, 1],
-                    help=f"our PPO epochs per batch, one run of ours for each (default: the preset's {preset_epochs}, and 1)")
+    ap.add_argument("--update-epochs", type=int, nargs="+", default=[preset_epochs, 1, 4],
+                    help=f"our PPO epochs per batch, one run of ours for each (default: the preset's "
+                         f"{preset_epochs}, 1, and 4 as lm-human-preferences)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every worker")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each trainer, alternating; medians reported")
     ap.add_argument("--repeats", type=int, default=15, help="timed repeats of each generation method")
@@ -213,7 +214,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     gen = run_worker("generate", args)
-    names = [f"ours:{e}" for e in args.ppo_epochs] + ["trl"]
+    names = [f"ours:{e}" for e in args.update_epochs] + ["trl"]
     runs = {name: [] for name in names}
     for r in range(args.rounds):  # alternate the order, so that a change in machine load hits all alike
         for name in (names if r % 2 == 0 else names[::-1]):
@@ -229,16 +230,16 @@ def main() -> None:
           f"{args.threads} torch thread(s); TRL num_iterations = 1; median of {args.rounds} alternating runs each\n")
     print("| trainer | samples/s | gen tokens/s | peak RSS MB | gold before -> after (gain) | train wall s |")
     print("|---|---|---|---|---|---|")
-    for e in args.ppo_epochs:
-        print(row(f"ours (PPO, ppo_epochs={e})", medians[f"ours:{e}"]))
+    for e in args.update_epochs:
+        print(row(f"ours (PPO, update_epochs={e})", medians[f"ours:{e}"]))
     print(row("TRL RLOOTrainer", trl))
     trl_sps, trl_gain = trl["samples"] / trl["wall_s"], trl["gold_after"] - trl["gold_before"]
     print(f"\n| ours / TRL | samples/s | peak RSS | gold gain ours vs TRL |")
     print("|---|---|---|---|")
-    for e in args.ppo_epochs:
+    for e in args.update_epochs:
         o = medians[f"ours:{e}"]
         gain = o["gold_after"] - o["gold_before"]
-        print(f"| ppo_epochs={e} | {o['samples'] / o['wall_s'] / trl_sps:.2f}x | {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x | "
+        print(f"| update_epochs={e} | {o['samples'] / o['wall_s'] / trl_sps:.2f}x | {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x | "
               f"{gain:+.3f} vs {trl_gain:+.3f} ({'equal or better' if gain >= trl_gain else 'worse'}) |")
     print(f"\none batch of {args.batch} prompts, max {args.max_new_tokens} new tokens (median of {args.repeats}):")
     print("| HF model.generate | our lm.sample | our full rollout (+ value, ref, reward) |")

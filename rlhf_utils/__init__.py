@@ -1,14 +1,18 @@
 """rlhf_utils: the tested implementations behind the "RLHF from scratch" course.
 
-One module per idea (see the README's course map):
+One module per idea (the README's module map says what each holds):
 
-* ``config``   -- scale presets (quick / full), device, dtype, seeding
-* ``world``    -- the synthetic review world and its gold preference ("the human")
-* ``lm``       -- tokenizer, small GPT, LM/SFT training, sampling, log-probs, perplexity
-* ``course``   -- the course runner (``python -m rlhf_utils.course``) and ``report()``
-
-and the modules the later notebooks add (``rl``, ``feedback``, ``widgets``, ``reward``,
-``ppo``, ``dpo``, ``plotting``).
+* foundations -- ``config`` (presets, device, seeding), ``reproducibility`` (what a CPU run
+  pins), ``ops`` (tensor helpers), ``world`` (the synthetic reviews and their gold
+  preference), ``report`` (a notebook's figures);
+* language models -- ``lm``, ``gpt2_decoder`` (a faster decoding step), ``checkpoints``;
+* reinforcement learning -- ``rl`` (returns, GAE, the policy-gradient losses), ``bandit``,
+  ``cartpole``, ``text_env``;
+* feedback -- ``feedback`` (the store), ``annotators``, ``rating`` (session logic),
+  ``widgets`` (their display), ``preferences`` (pairs to train on);
+* reward and RLHF -- ``reward``, ``reward_shaping``, ``value_head``, ``ppo``,
+  ``ppo_checkpoint``, ``ppo_cli``;
+* measuring -- ``evaluation``, ``plotting``; the course runner -- ``course``.
 
 Importing the package is cheap: nothing heavy (torch, transformers) is imported until a
 submodule is used, either explicitly (``from rlhf_utils import lm``) or as an attribute
@@ -23,7 +27,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "config", "world", "lm", "rl", "feedback", "widgets", "reward", "ppo", "dpo", "plotting", "course",
+    "config", "reproducibility", "ops", "world", "report", "lm", "gpt2_decoder", "checkpoints", "rl", "bandit",
+    "cartpole", "text_env", "feedback", "annotators", "rating", "widgets", "preferences", "reward",
+    "reward_shaping", "value_head", "ppo", "ppo_checkpoint", "ppo_cli", "evaluation", "plotting", "course",
 )
 
 

@@ -14,6 +14,7 @@ never hard-code a size.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass, field
@@ -86,11 +87,25 @@ def get_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA); return a torch.Generator seeded the same.
+def default_threads() -> int:
+    """torch's CPU thread count for the course: ``$RLHF_THREADS``, else 1."""
+    value = os.environ.get("RLHF_THREADS", "1").strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"RLHF_THREADS={value!r}: set it to a whole number of threads, at least 1 (default 1)")
+    return int(value)
 
-    On the CPU this makes a run repeatable bit for bit (the course's tests rely on it).
+
+def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA), and fix torch's CPU thread count to
+    ``threads`` (default :func:`default_threads`); return a torch.Generator seeded the same.
+
+    The thread count is part of the seed: a float sum split over two threads rounds
+    differently than over one, so only a fixed count makes a CPU run give the same figures
+    on any machine, whatever its number of cores (see :mod:`rlhf_utils.reproducibility`).
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    torch.set_num_threads(threads or default_threads())
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -134,7 +149,7 @@ class LMConfig:
     """optimizer steps of pre-training (600 reach ~2% above the world's perplexity)"""
     batch_size: int = 64
     """sequences per step"""
-    lr: float = 5e-3
+    learning_rate: float = 5e-3
     """peak learning rate (AdamW, linear warm-up then cosine decay)"""
     warmup_steps: int = 50
     """linear warm-up steps"""
@@ -156,7 +171,7 @@ class SFTConfig:
     """optimizer steps (150 take the completion NLL most of the way to the demonstrator's entropy)"""
     batch_size: int = 32
     """pairs per step"""
-    lr: float = 5e-4
+    learning_rate: float = 5e-4
     """peak learning rate (AdamW, linear warm-up then cosine decay to 10%)"""
     warmup_steps: int = 20
     """linear warm-up steps"""
@@ -210,14 +225,17 @@ class CartPoleConfig:
     """normalise advantages to mean 0, std 1 in each minibatch"""
     clip_coef: float = 0.2
     """PPO's epsilon: the ratio is clipped to [1 - clip_coef, 1 + clip_coef]; inf = no clipping"""
-    clip_vloss: bool = False
-    """clip the value loss around the old values (CleanRL's default True, SB3's False)"""
+    vf_clip_coef: float | None = None
+    """how far a value prediction may move from its rollout value before its loss is clipped
+    (annealed with ``clip_coef``); None = no value clipping (SB3's default; CleanRL clips)"""
     ent_coef: float = 0.0
     """weight of the entropy bonus"""
-    vf_coef: float = 0.5
-    """weight of the value loss"""
+    vf_coef: float = 1.0
+    """weight of the value loss 1/2 E[(V - R)^2] (1.0 here = SB3's vf_coef 0.5, whose loss has no 1/2)"""
     max_grad_norm: float = 0.5
     """global gradient-norm clipping threshold"""
+    adam_eps: float = 1e-5
+    """Adam epsilon (1e-5 as CleanRL and SB3, not torch's 1e-8)"""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """hidden layers of the actor and of the (separate) critic MLP, tanh activations"""
     torch_threads: int = 1
@@ -262,7 +280,7 @@ class RewardConfig:
     """at least this many optimizer steps, before any early stop (a small label set gets more epochs)"""
     batch_size: int = 32
     """pairs per step"""
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     """peak learning rate (AdamW; cosine decay to a tenth of it)"""
     weight_decay: float = 0.0
     """AdamW weight decay (matrices only)"""
@@ -298,29 +316,31 @@ class PPOConfig:
     """PPO iterations (rollout + update)"""
     batch_size: int = 64
     """prompts (= sampled completions) per iteration, over all processes"""
-    mini_batch_size: int = 32
-    """sequences per optimizer step, over all processes; must divide ``batch_size``"""
+    num_minibatches: int = 2
+    """optimizer steps per epoch; must divide ``batch_size`` (minibatch = batch_size / num_minibatches)"""
     gradient_accumulation_steps: int = 1
     """forward/backward passes per optimizer step; must divide the per-process minibatch"""
-    ppo_epochs: int = 2
+    update_epochs: int = 2
     """passes over each rollout batch (lm-human-preferences: 4)"""
-    lr: float = 1.25e-4
+    learning_rate: float = 1.25e-4
     """peak learning rate (Adam), decayed linearly to 0 over ``steps`` when ``anneal_lr``"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 (lm-human-preferences, Huang et al. 2024)"""
     adam_eps: float = 1e-5
     """Adam epsilon (1e-5 as in lm-human-preferences, not torch's 1e-8)"""
-    cliprange: float = 0.2
+    clip_coef: float = 0.2
     """epsilon of the clipped surrogate: the ratio is clipped to [1 - eps, 1 + eps]"""
-    cliprange_value: float = 0.2
-    """how far a value prediction may move from its rollout value before its loss is clipped"""
+    vf_clip_coef: float | None = 0.2
+    """how far a value prediction may move from its rollout value before its loss is clipped (None: never)"""
     vf_coef: float = 0.1
-    """weight of the value loss in the total loss"""
+    """weight of the value loss 1/2 E[max((V - R)^2, (V_clipped - R)^2)] in the total loss"""
     ent_coef: float = 0.0
     """weight of the entropy bonus (0: the KL penalty already keeps the policy spread)"""
+    norm_adv: bool = True
+    """whiten the advantages over the batch's response tokens (lm-human-preferences)"""
     gamma: float = 1.0
     """discount over response tokens (1: the score at the end counts in full at every token)"""
-    lam: float = 0.95
+    gae_lambda: float = 0.95
     """GAE lambda (bias-variance trade-off of the advantage estimate)"""
     init_kl_coef: float = 0.1
     """beta, the weight of the per-token KL penalty, at the start"""
@@ -378,19 +398,38 @@ PRESETS: dict[str, Preset] = {
         name="full",
         world=WorldConfig(n_train_reviews=200_000, n_eval_reviews=5_000),
         lm=LMConfig(n_layer=16, n_head=12, n_embd=768, n_positions=128, steps=6_000,
-                    batch_size=128, lr=6e-4, warmup_steps=300),
-        sft=SFTConfig(n_demonstrations=20_000, n_heldout=2_000, steps=1_500, batch_size=64, lr=1e-4,
+                    batch_size=128, learning_rate=6e-4, warmup_steps=300),
+        sft=SFTConfig(n_demonstrations=20_000, n_heldout=2_000, steps=1_500, batch_size=64, learning_rate=1e-4,
                       warmup_steps=100, n_eval=1_024, max_new_tokens=64),
         cartpole=CartPoleConfig(total_timesteps=50_000, text_env_timesteps=10_000),
         feedback=FeedbackConfig(n_pairs=10_000),
-        reward=RewardConfig(epochs=2, batch_size=64, lr=5e-5, eval_every=50, n_normalise=2_048,
+        reward=RewardConfig(epochs=2, batch_size=64, learning_rate=5e-5, eval_every=50, n_normalise=2_048,
                             label_sizes=(100, 300, 1_000, 3_000, 8_000)),
-        ppo=PPOConfig(steps=200, batch_size=256, mini_batch_size=64, ppo_epochs=4, lr=1e-5,
+        ppo=PPOConfig(steps=200, batch_size=256, num_minibatches=4, update_epochs=4, learning_rate=1e-5,
                       max_new_tokens=64, n_prompts=20_000, n_eval=1_024),
     ),
 }
 
 
-def get_preset(scale: str | None = None) -> Preset:
-    """The preset for ``scale`` (see :func:`get_scale` for how it is chosen)."""
-    return PRESETS[get_scale(scale)]
+def get_seed(seed: int | None = None) -> int:
+    """The run's seed offset: the argument, else ``$RLHF_SEED``, else 0."""
+    value = seed if seed is not None else os.environ.get("RLHF_SEED", "0")
+    if isinstance(value, bool) or not str(value).strip().lstrip("-").isdigit():
+        raise ValueError(f"RLHF_SEED={value!r}: the seed must be a whole number (e.g. RLHF_SEED=1)")
+    return int(value)
+
+
+def get_preset(scale: str | None = None, seed: int | None = None) -> Preset:
+    """The preset for ``scale`` (see :func:`get_scale` for how it is chosen), with every
+    config's ``seed`` moved by ``seed`` (default ``$RLHF_SEED``, else 0).
+
+    Seed 0 is the course as written; ``RLHF_SEED=1`` (``make course SEED=1``) reruns every
+    notebook with other random draws -- that is how the spreads in the notebooks' "you
+    should see about" lines were measured.
+    """
+    preset, offset = PRESETS[get_scale(scale)], get_seed(seed)
+    if offset == 0:
+        return preset
+    moved = {f.name: dataclasses.replace(getattr(preset, f.name), seed=getattr(preset, f.name).seed + offset)
+             for f in dataclasses.fields(preset) if hasattr(getattr(preset, f.name), "seed")}
+    return dataclasses.replace(preset, **moved)

@@ -15,29 +15,22 @@ writes, into ``runs/<timestamp>/`` (ignored by git):
 * ``summary.json``  -- one object per notebook: name, status, wall time, peak memory of
   the kernel's process tree, and its figures; printed as a table at the end.
 
-A notebook states the figures it claims with :func:`report`::
-
-    from rlhf_utils.course import report
-    report(final_perplexity=ppl, true_perplexity=world.true_perplexity())
-
-which shows them as a small table and, when ``$RLHF_REPORT`` names a file (the runner sets
-it for each notebook), merges them into that JSON file. The notebook tests assert on these
-figures, so a notebook's claims ("the loss fell", "the reward went up") are checked on
-every run.
+A notebook states the figures it claims with :func:`rlhf_utils.report.report`; the runner
+points ``$RLHF_REPORT`` at a file per notebook and collects them. The notebook tests assert
+on these figures, so a notebook's claims ("the loss fell", "the reward went up") are
+checked on every run.
 
 A failing cell stops the run: the runner prints the notebook, the cell and the traceback,
 keeps the partly executed notebook, and exits with status 1.
 
-Importing this module is cheap (no torch, no Jupyter machinery) so that notebooks can call
-:func:`report` freely; the runner's heavier imports happen inside the functions that need
-them.
+Importing this module is cheap (no torch, no Jupyter machinery); the runner's heavier
+imports happen inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -49,12 +42,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from rlhf_utils.report import REPORT_ENV, format_value, load_summary, results_table
+
 #: The scales the course runs at (the same as ``rlhf_utils.config.SCALES``, repeated here
 #: because importing config pulls in torch; a test keeps the two equal).
 SCALES = ("quick", "full")
-
-#: Environment variable naming the JSON file that :func:`report` merges figures into.
-REPORT_ENV = "RLHF_REPORT"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -62,99 +54,6 @@ RUNS_DIR = REPO_ROOT / "runs"
 
 _NOTEBOOK_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-# --------------------------------------------------------------------------------------
-# report(): what a notebook claims
-# --------------------------------------------------------------------------------------
-
-
-def _jsonable(name: str, value: Any) -> Any:
-    """``value`` as plain JSON data: numpy and 0-d torch scalars become Python numbers."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(name, v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(name, v) for k, v in value.items()}
-    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays, torch tensors
-    if callable(tolist):
-        return _jsonable(name, tolist())
-    raise TypeError(
-        f"report({name}=...): a figure must be a number, a string, a bool, or a list or "
-        f"array of them, not {type(value).__name__}"
-    )
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, list) and len(value) > 6:
-        return "[" + ", ".join(_format_value(v) for v in value[:3]) + f", ... ({len(value)} values)]"
-    if isinstance(value, list):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    return str(value)
-
-
-class FigureTable(dict):
-    """The figures of one :func:`report` call; shows as a two-column table in a notebook."""
-
-    def _repr_html_(self) -> str:
-        import html
-
-        rows = "".join(
-            f"<tr><td style='text-align:left'><code>{html.escape(k)}</code></td>"
-            f"<td style='text-align:right'>{html.escape(_format_value(v))}</td></tr>"
-            for k, v in self.items()
-        )
-        return (
-            "<table><thead><tr><th style='text-align:left'>reported figure</th>"
-            f"<th style='text-align:right'>value</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython's plain-text view
-        printer.text(repr(self))
-
-    def __repr__(self) -> str:
-        if not self:
-            return "(no figures)"
-        width = max(len(k) for k in self)
-        return "\n".join(f"{k:<{width}}  {_format_value(v)}" for k, v in self.items())
-
-
-def _in_ipython() -> bool:
-    ipython = sys.modules.get("IPython")
-    return ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None
-
-
-def report(**figures: Any) -> None:
-    """Report the figures this notebook claims, e.g. ``report(final_loss=2.3, initial_loss=6.1)``.
-
-    The figures are shown as a small table. When ``$RLHF_REPORT`` names a file (the course
-    runner sets it), they are merged into that JSON object: a later call with the same name
-    replaces the earlier value. Values must be numbers, strings, bools or lists of them;
-    numpy values and torch tensors are converted with ``.tolist()`` (a scalar stays a number).
-    """
-    table = FigureTable((name, _jsonable(name, value)) for name, value in figures.items())
-    if _in_ipython():
-        from IPython.display import display
-
-        display(table)
-    else:
-        print(repr(table))
-
-    path = os.environ.get(REPORT_ENV)
-    if not path:
-        return
-    path = Path(path)
-    merged: dict[str, Any] = {}
-    if path.exists() and path.stat().st_size > 0:
-        merged = json.loads(path.read_text())
-    merged.update(table)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 # --------------------------------------------------------------------------------------
@@ -338,8 +237,11 @@ def _kernel_manager_class() -> type:
 
 def kernel_env(scale: str, report_path: Path | None = None, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a notebook's kernel gets: ours, plus ``env``, the scale and the report file."""
+    from rlhf_utils.reproducibility import cpu_env
+
     out = dict(os.environ)
     out.setdefault("RLHF_HEADLESS", "1")  # nobody can click a widget in a kernel the runner drives
+    out.update(cpu_env())  # the same kernels on every x86 machine, read when torch starts
     out.update(env or {})
     out["RLHF_SCALE"] = scale
     if report_path is not None:
@@ -483,7 +385,7 @@ def format_summary(runs: Sequence[NotebookRun], width: int | None = None) -> str
         wall = _format_seconds(r.wall_s) if r.status not in ("not run", "interrupted") else "-"
         lines.append(f"{r.name:<{name_w}}  {r.status:<{status_w}}  {wall:>7}  {mem:>9}")
         if r.figures:
-            text = ", ".join(f"{k}={_format_value(v)}" for k, v in r.figures.items())
+            text = ", ".join(f"{k}={format_value(v)}" for k, v in r.figures.items())
             lines += textwrap.wrap(text, width=width, initial_indent="    ", subsequent_indent="    ")
         elif r.ok:
             lines.append("    (reported no figures)")
@@ -492,13 +394,18 @@ def format_summary(runs: Sequence[NotebookRun], width: int | None = None) -> str
     return "\n".join(lines)
 
 
-def write_summary(runs: Sequence[NotebookRun], out_dir: Path, scale: str) -> Path:
-    """``summary.json``: the scale, when, and one object per notebook."""
+def write_summary(runs: Sequence[NotebookRun], out_dir: Path, scale: str, machine: dict | None = None) -> Path:
+    """``summary.json``: the scale, when, on what machine (``machine``: as the run began), and
+    one object per notebook."""
+    from rlhf_utils.reproducibility import cpu_env, machine_info
+
     path = Path(out_dir) / "summary.json"
     data = {
         "scale": scale,
+        "seed": int(os.environ.get("RLHF_SEED", "0") or 0),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.executable,
+        "machine": machine or {**machine_info(), "pinned": cpu_env()},
         "notebooks": [r.to_json() for r in runs],
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
@@ -531,16 +438,27 @@ def _parser() -> argparse.ArgumentParser:
         help="quick (2 CPU cores, ~1-2 min a notebook) or full (one GPU); default: $RLHF_SCALE, "
         "else full with CUDA and quick without",
     )
+    p.add_argument("--seed", type=int, metavar="N", help="move every notebook's seeds by N (default: $RLHF_SEED, "
+                   "else 0, the course as written); runs at seeds 0, 1, 2 give the spreads the notebooks quote")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>/)")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds allowed per cell (default: no limit)")
     p.add_argument("--notebooks", metavar="DIR", default=str(NOTEBOOKS_DIR), help="where the notebooks are")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--results", metavar="RUN", help="print the README's results table of a finished run "
+                   "(its folder or summary.json) and exit")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     prog = "rlhf_utils.course"
+    if args.results:
+        try:
+            print(results_table(load_summary(args.results)))
+        except (OSError, ValueError) as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         scale = check_scale(args.scale) if args.scale else default_scale()
         notebooks = find_notebooks(args.notebooks)
@@ -551,10 +469,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 
+    if args.seed is not None:
+        os.environ["RLHF_SEED"] = str(args.seed)  # every kernel inherits it (rlhf_utils.config.get_preset)
     out_dir = Path(args.out) if args.out else _new_run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"Running {len(selected)} notebook(s) at scale {scale!r}; results in {out_dir}/", flush=True)
 
+    from rlhf_utils.reproducibility import cpu_env, machine_info
+
+    machine = {**machine_info(), "pinned": cpu_env()}  # the load as the run begins
     runs = [NotebookRun(name=p.stem, path=str(p.resolve()), scale=scale) for p in selected]
     interrupted = False
     for i, path in enumerate(selected):
@@ -562,10 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs[i] = run = run_notebook(path, scale, out_dir, timeout=args.timeout, progress=not args.no_progress)
         except KeyboardInterrupt:  # Ctrl-C: keep what finished, say where it stopped
             runs[i].status, interrupted = "interrupted", True
-            write_summary(runs, out_dir, scale)
+            write_summary(runs, out_dir, scale, machine)
             print(f"\n{prog}: interrupted during {path.stem}", file=sys.stderr)
             break
-        write_summary(runs, out_dir, scale)
+        write_summary(runs, out_dir, scale, machine)
         if not run.ok:
             print(f"\n{prog}: {run.describe_failure()}\n", file=sys.stderr, flush=True)
             break

@@ -11,10 +11,10 @@ Everything the course needs from a causal language model, written once and teste
 * :func:`sample` -- greedy / temperature / top-k / top-p sampling (Holtzman et al.
   2020) with the KV cache, left-padded prompts, and response masks exact after EOS;
 * :func:`response_logprobs` -- log pi(token | prefix) of each response token, the
-  quantity PPO, the KL penalty and DPO are built from;
-* :func:`save_checkpoint` / :func:`load_checkpoint` -- Hugging Face folders
-  (safetensors), loaded through ``AutoModelForCausalLM`` / ``AutoTokenizer`` so a hub
-  id such as ``"gpt2"`` works the same way on a connected machine.
+  quantity PPO, the KL penalty and DPO are built from.
+
+Checkpoints (save, check, load) are :mod:`rlhf_utils.checkpoints`; the tensor helpers
+(padding, positions, token log-probabilities, entropy) are :mod:`rlhf_utils.ops`.
 
 Shapes: B = batch, P = prompt length, R = response length, T = sequence length,
 V = vocabulary size.
@@ -22,19 +22,15 @@ V = vocabulary size.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from rlhf_utils import gpt2_decoder
+from rlhf_utils.ops import (entropy_from_logits, masked_mean, pad_left, pad_right, position_ids_from_mask,
+                            selective_log_softmax)
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 
@@ -101,21 +97,6 @@ def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
 
-def pad_left(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad lists of ids: (ids [B, L], mask [B, L]) with real tokens at the right."""
-    width = max((len(r) for r in rows), default=0)
-    shape = (len(rows), width)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.long).reshape(shape)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long).reshape(shape)
-    return ids.to(device), mask.to(device)
-
-
-def pad_right(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad lists of ids: (ids [B, L], mask [B, L]) with real tokens at the left."""
-    flipped_ids, flipped_mask = pad_left([r[::-1] for r in rows], pad_id, device)
-    return flipped_ids.flip(1), flipped_mask.flip(1)
-
-
 def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts as a left-padded batch starting with BOS: (input_ids [B, P], attention_mask [B, P]).
 
@@ -132,38 +113,9 @@ def encode_responses(tokenizer, completions: list[str], device=None, add_eos: bo
     return pad_right(rows, tokenizer.pad_token_id, device)
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions 0, 1, 2, ... counted over real tokens only (padding gets 0).
-
-    With left padding the first real token must still sit at position 0, or the
-    model sees a different text than it was trained on.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 # --------------------------------------------------------------------------------------
 # Log-probabilities
 # --------------------------------------------------------------------------------------
-
-
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[..., index] without materialising the whole log-softmax.
-
-    Naive equivalent: ``torch.log_softmax(logits, -1).gather(-1, index[..., None])[..., 0]``.
-    """
-    logits = logits.float()
-    return logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) over the last axis, in nats.
-
-    Naive equivalent: ``-(p * p.log()).sum(-1)`` with ``p = softmax(logits)``, where a
-    token with p = 0 (a -inf logit, e.g. removed by top-k) adds 0, not 0 * -inf = nan.
-    """
-    logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp.masked_fill(torch.isneginf(logp), 0.0)).sum(-1)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -265,8 +217,8 @@ class _Decoder:
     newest position; ``hidden`` is the final hidden state (after the last norm).
     """
 
-    def __init__(self, model, max_new_tokens: int, with_hidden: bool):
-        self.model, self.max_new_tokens, self.with_hidden = model, max_new_tokens, with_hidden
+    def __init__(self, model, with_hidden: bool):
+        self.model, self.with_hidden = model, with_hidden
 
     def _forward(self, input_ids, position_ids, cache=None):
         out = self.model(input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids,
@@ -282,66 +234,6 @@ class _Decoder:
         position = self.mask.sum(-1, keepdim=True)  # [B, 1] real tokens so far = the new token's position
         self.mask = torch.cat([self.mask, alive.long()[:, None]], dim=1)
         return self._forward(token[:, None], position, self.cache)
-
-
-class _GPT2Decoder(_Decoder):
-    """A plain GPT-2 (``GPT2LMHeadModel`` in eval mode, SDPA attention, no adapters, the
-    standard attention scaling): after the Hugging Face prefill, each step does the arithmetic
-    of GPT-2's forward op for op -- the same logits and hidden states, bit for bit (tested) --
-    on preallocated key/value buffers, without the per-call overhead of the module stack:
-    a third of the sampling time of this course's small model on a CPU.
-    """
-
-    @staticmethod
-    def supports(model) -> bool:
-        from transformers import GPT2LMHeadModel
-        from transformers.pytorch_utils import Conv1D
-
-        c = model.config
-        plain = (type(model) is GPT2LMHeadModel and not model.training and c._attn_implementation == "sdpa"
-                 and c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx
-                 and not c.reorder_and_upcast_attn and not c.add_cross_attention)
-        return plain and all(type(m) is Conv1D for b in model.transformer.h
-                             for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj))
-
-    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
-        first = super().prefill(prompt_ids, prompt_mask)
-        batch, width = prompt_ids.shape
-        self.column = width  # where the next token's key and value go
-        total = width + self.max_new_tokens
-        self.keys, self.values = [], []
-        for layer in self.cache.layers:  # [B, heads, P, head_dim] each
-            k = layer.keys.new_zeros(layer.keys.shape[:2] + (total, layer.keys.shape[-1]))
-            v = torch.zeros_like(k)
-            k[:, :, :width], v[:, :, :width] = layer.keys, layer.values
-            self.keys.append(k)
-            self.values.append(v)
-        self.keep = torch.zeros(batch, 1, 1, total, dtype=torch.bool, device=prompt_ids.device)  # attended keys
-        self.keep[:, 0, 0, :width] = prompt_mask.bool()
-        self.position = prompt_mask.sum(-1)  # [B]
-        self.cache = None
-        return first
-
-    def step(self, token: torch.Tensor, alive: torch.Tensor):
-        body, c, t = self.model.transformer, self.model.config, self.column
-        batch, heads = token.shape[0], c.n_head
-        self.keep[:, 0, 0, t] = alive
-        x = body.wte(token) + body.wpe(self.position)  # [B, E]
-        self.position = self.position + alive
-        for block, keys, values in zip(body.h, self.keys, self.values):
-            attn, mlp = block.attn, block.mlp
-            h = F.layer_norm(x, x.shape[-1:], block.ln_1.weight, block.ln_1.bias, c.layer_norm_epsilon)
-            q, k, v = torch.addmm(attn.c_attn.bias, h, attn.c_attn.weight).view(batch, 3, heads, -1).unbind(1)
-            keys[:, :, t], values[:, :, t] = k, v
-            a = F.scaled_dot_product_attention(q[:, :, None], keys[:, :, :t + 1], values[:, :, :t + 1],
-                                               attn_mask=self.keep[..., :t + 1])  # [B, heads, 1, head_dim]
-            x = x + torch.addmm(attn.c_proj.bias, a.reshape(batch, -1), attn.c_proj.weight)
-            h = F.layer_norm(x, x.shape[-1:], block.ln_2.weight, block.ln_2.bias, c.layer_norm_epsilon)
-            h = mlp.act(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
-            x = x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight)
-        x = F.layer_norm(x, x.shape[-1:], body.ln_f.weight, body.ln_f.bias, c.layer_norm_epsilon)
-        self.column += 1
-        return self.model.lm_head(x), x if self.with_hidden else None
 
 
 @dataclass
@@ -372,8 +264,9 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     The loop stops when every row has produced EOS or after ``max_new_tokens``.
     ``generator`` (on the model's device) makes sampling repeatable. ``with_hidden`` also
     returns the final hidden state from which each response token was chosen (a value head
-    reads it). A plain GPT-2 in eval mode decodes through :class:`_GPT2Decoder` (the same
-    numbers, less overhead), any other model through its own forward.
+    reads it). After the prefill, a plain GPT-2 in eval mode decodes through
+    :class:`rlhf_utils.gpt2_decoder.GPT2Decoder` (the same numbers, less overhead), any other
+    model through its own forward.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0; for the most likely token use greedy=True")
@@ -388,8 +281,10 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
             f"model's context of {context_length(model)} tokens: shorten the prompts or lower max_new_tokens"
         )
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    decoder = (_GPT2Decoder if _GPT2Decoder.supports(model) else _Decoder)(model, max_new_tokens, with_hidden)
+    decoder = _Decoder(model, with_hidden)
     logits, hidden = decoder.prefill(prompt_ids, prompt_mask)
+    if gpt2_decoder.supports(model):
+        decoder = gpt2_decoder.GPT2Decoder(model, decoder.cache, prompt_mask, max_new_tokens, with_hidden)
     tokens, logps, alive, hiddens = [], [], [], []
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
@@ -466,34 +361,42 @@ def lm_batch(tokenizer, examples: list[tuple[str, str]], mask_prompt: bool, devi
 
 def lm_loss(model, input_ids, attention_mask, loss_mask) -> torch.Tensor:
     """Mean negative log-likelihood over the tokens ``loss_mask`` selects."""
-    logprobs = token_logprobs(model, input_ids, attention_mask)
-    return -(logprobs * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+    return -masked_mean(token_logprobs(model, input_ids, attention_mask), loss_mask)
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to ``lr`` then cosine decay to 10% of it."""
+def cosine_lr(step: int, steps: int, peak: float, warmup_steps: int = 0, floor: float = 0.1) -> float:
+    """The learning rate at ``step`` of ``steps``: a linear warm-up to ``peak`` over
+    ``warmup_steps``, then a cosine decay to ``floor * peak`` (InstructGPT's schedule for its
+    SFT and reward models, Ouyang et al. 2022, appendix C)."""
     if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
+        return peak * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters, with weight decay on the matrices only
+    (not on biases and norm gains, as nanoGPT and most LM training code)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=learning_rate)
 
 
 def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batch_size: int,
-             lr: float, warmup_steps: int = 0, weight_decay: float = 0.0,
+             learning_rate: float, warmup_steps: int = 0, weight_decay: float = 0.0,
              mask_prompt: bool = False, seed: int = 0, progress: bool = True,
              desc: str = "training") -> list[float]:
     """Train ``model`` in place on (prompt, completion) pairs; return the loss of each step.
 
     Pre-training: prompts are "" and every token counts. Supervised fine-tuning:
-    ``mask_prompt=True`` and only the completion (and its EOS) is learned.
+    ``mask_prompt=True`` and only the completion (and its EOS) is learned. The learning
+    rate follows :func:`cosine_lr`; gradients are clipped to a global norm of 1.
     """
     if not examples:
         raise ValueError("train_lm needs at least one (prompt, completion) example")
     device = next(model.parameters()).device
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    optimizer = adamw(model, learning_rate, weight_decay)
     rows = tokenize_examples(tokenizer, examples, mask_prompt)
     generator = torch.Generator().manual_seed(seed)
     model.train()
@@ -501,7 +404,7 @@ def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batc
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup_steps)
+            group["lr"] = cosine_lr(step, steps, learning_rate, warmup_steps)
         picks = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
         loss = lm_loss(model, *collate([rows[i] for i in picks], tokenizer.pad_token_id, device))
         optimizer.zero_grad(set_to_none=True)
@@ -533,91 +436,3 @@ def mean_nll(model, tokenizer, texts: list[str], batch_size: int = 256) -> float
 def perplexity(model, tokenizer, texts: list[str], batch_size: int = 256) -> float:
     """exp(mean negative log-likelihood per token): 'as unsure as a uniform choice among N'."""
     return math.exp(mean_nll(model, tokenizer, texts, batch_size))
-
-
-# --------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-@contextmanager
-def atomic_folder(path) -> Iterator[Path]:
-    """Write a folder atomically: yields a temporary folder beside ``path`` to fill, then
-    renames it into place. On an error the temporary folder is removed and ``path`` is left
-    as it was, so a crash never leaves a half-written folder under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def save_checkpoint(model, tokenizer, path) -> Path:
-    """Save model and tokenizer as a Hugging Face folder (safetensors), atomically."""
-    with atomic_folder(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return Path(path)
-
-
-def check_checkpoint(path) -> Path:
-    """Check that ``path`` is a complete checkpoint folder; say what is missing if not."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"No checkpoint folder at {path}. Run the notebook that makes it "
-            "(01 saves checkpoints/base, 03 checkpoints/sft) or pass the right path."
-        )
-    missing = [f for f in ("config.json", *TOKENIZER_FILES) if not (path / f).is_file()]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        missing += sorted(s for s in shards if not (path / s).is_file())
-    elif not (path / "model.safetensors").is_file():
-        missing.append("model.safetensors")
-    if missing:
-        raise FileNotFoundError(
-            f"Checkpoint folder {path} is incomplete (missing: {', '.join(missing)}). It was "
-            "probably half-written or copied in part: save it again with save_checkpoint."
-        )
-    return path
-
-
-def load_checkpoint(path, device=None, dtype: torch.dtype | None = None):
-    """Load (model, tokenizer) from a checkpoint folder or a hub id such as ``"gpt2"``.
-
-    A local folder is checked first (see :func:`check_checkpoint`): transformers would
-    otherwise, for a GPT-2 folder without tokenizer files, quietly return a tokenizer
-    with a one-token vocabulary.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlhf_utils.config import get_device
-
-    device = get_device(device)
-    if Path(path).exists() or Path(path).is_absolute() or str(path).startswith((".", "~")):
-        check_checkpoint(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as err:
-        raise OSError(
-            f"Could not load {path!r}: it is neither a checkpoint folder here nor a model the hub "
-            f"could serve (offline?). Underlying error: {err}"
-        ) from None
-    if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one
-        tokenizer.add_special_tokens({"pad_token": PAD})
-        model.resize_token_embeddings(len(tokenizer))
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only "
-                         f"{model.get_input_embeddings().num_embeddings}: they do not belong together")
-    tokenizer.padding_side = "left"
-    return model.to(device).eval(), tokenizer

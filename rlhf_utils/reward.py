@@ -67,119 +67,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rlhf_utils.lm import adamw, cosine_lr
+from rlhf_utils.ops import last_token_index, pad_left, position_ids_from_mask
+from rlhf_utils.preferences import PreferencePair
+
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 FORMAT = "rlhf_utils.reward/1"
 TEXT_CONVENTION = "[BOS] + ids(prompt) + ids(' ' + completion) + [EOS] (ids: no special tokens)"
 
-MIN_TRAIN_PAIRS = 20
-"""fewest training pairs :func:`split_pairs` accepts"""
-MIN_EVAL_PAIRS = 10
-"""fewest held-out pairs :func:`split_pairs` accepts (fewer gives an accuracy too noisy to read)"""
-
-
-# --------------------------------------------------------------------------------------
-# Pairs
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """One judgement: given ``prompt``, ``chosen`` was preferred to ``rejected``.
-
-    With ``tie=True`` the two were judged equally good (the order means nothing).
-    ``annotator`` says who judged: the reader's name (``"you"`` unless they chose
-    another, in notebook 04's widget) or the simulated annotator's (``"simulated"``).
-    """
-
-    prompt: str
-    chosen: str
-    rejected: str
-    tie: bool = False
-    annotator: str = "simulated"
-
-
-SIMULATED_PREFIX = "simulated"
-"""Annotator names starting with this are the simulated annotator; any other name is a person."""
-
-
-def is_reader(annotator: str) -> bool:
-    """True if a judgement came from a person (the reader), not the simulated annotator."""
-    return not annotator.startswith(SIMULATED_PREFIX)
-
-
-def pairs_from_judgements(judgements: Sequence[dict], include_calibration: bool = False
-                          ) -> list[PreferencePair]:
-    """Live pairwise judgements of the feedback store -> :class:`PreferencePair` list.
-
-    Verdict ``a`` / ``b``: that completion is chosen. ``tie``: a tie pair (target 1/2).
-    ``both_bad`` and ``skip`` are dropped (no winner, and no claim the two are equal),
-    and so are blind repeats (they would count a pair twice) and -- unless asked for --
-    the widget's calibration pairs (made to check the rater, not drawn from the policy),
-    as in :func:`rlhf_utils.feedback.to_preference_dataset`.
-    """
-    out = []
-    for r in judgements:
-        if r.get("kind") != "pair" or r.get("choice") not in ("a", "b", "tie") or r.get("repeat"):
-            continue
-        if r.get("calibration") and not include_calibration:
-            continue
-        a, b = r["completion_a"], r["completion_b"]
-        chosen, rejected = (b, a) if r["choice"] == "b" else (a, b)
-        out.append(PreferencePair(r["prompt"], chosen, rejected, tie=r["choice"] == "tie",
-                                  annotator=r["annotator"]))
-    return out
-
-
-def load_preference_pairs(path: str | Path | None = None, include_calibration: bool = False
-                          ) -> list[PreferencePair]:
-    """The judgements of a preference file (default ``$RLHF_FEEDBACK/preferences.jsonl``,
-    written by notebook 04), corrections applied, as :class:`PreferencePair` s."""
-    from rlhf_utils import feedback
-    from rlhf_utils.config import feedback_dir
-
-    path = Path(path) if path is not None else feedback_dir() / "preferences.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No preference file at {path}: run notebook 04 (human feedback) first -- it writes "
-            "preferences.jsonl -- or set $RLHF_FEEDBACK to the folder that holds it.")
-    pairs = pairs_from_judgements(feedback.live_judgements(feedback.load_records(path)),
-                                  include_calibration=include_calibration)
-    if not pairs:
-        raise ValueError(
-            f"{path} holds no pairwise judgement with a verdict (a, b or tie): run notebook 04 "
-            "and rate some pairs (or let its simulated annotator label them).")
-    return pairs
-
-
-def min_pairs_needed(eval_fraction: float) -> int:
-    """The fewest non-skipped judgements :func:`split_pairs` can split with ``eval_fraction``."""
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be between 0 and 1 (exclusive), got {eval_fraction}.")
-    n = MIN_TRAIN_PAIRS + MIN_EVAL_PAIRS
-    while round(n * eval_fraction) < MIN_EVAL_PAIRS or n - round(n * eval_fraction) < MIN_TRAIN_PAIRS:
-        n += 1
-    return n
-
-
-def split_pairs(pairs: Sequence[PreferencePair], eval_fraction: float, seed: int = 0
-                ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Shuffle ``pairs`` (seeded) and hold out ``eval_fraction`` of them: (train, eval).
-
-    Needs at least :func:`min_pairs_needed` pairs (48 at the default 0.2), so that
-    at least 10 are held out and 20 are left to train on.
-    """
-    need = min_pairs_needed(eval_fraction)
-    if len(pairs) < need:
-        raise ValueError(
-            f"Only {len(pairs)} judgements: a train/held-out split with eval_fraction={eval_fraction} "
-            f"needs at least {need} ({MIN_TRAIN_PAIRS} to train on, {MIN_EVAL_PAIRS} held out). "
-            "Rate more pairs in notebook 04, or let its simulated annotator label more "
-            "(FeedbackConfig.n_pairs)."
-        )
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_eval = round(len(pairs) * eval_fraction)
-    return [pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]]
 
 
 # --------------------------------------------------------------------------------------
@@ -290,35 +186,6 @@ def encode_for_reward(tokenizer, prompts: Sequence[str], completions: Sequence[s
     return out
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad id lists to ``(input_ids [B, T], attention_mask [B, T])`` on the given side."""
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-    T = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(sequences), T), dtype=torch.long)  # [B, T]
-    for i, s in enumerate(sequences):
-        if side == "left":
-            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, T - len(s):] = 1
-        else:
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position with mask 1 in each row: ``[B, T] -> [B]``.
-
-    Works for left, right and no padding. A row with no real token is an error.
-    """
-    if not bool((attention_mask.sum(-1) > 0).all()):
-        raise ValueError("A sequence in the batch has no real token (attention_mask is all 0).")
-    T = attention_mask.shape[-1]
-    return T - 1 - attention_mask.flip(-1).argmax(-1)  # [B]
-
-
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
@@ -369,7 +236,7 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) rewards ``[B]`` of padded sequences ``[B, T]``."""
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        position_ids = position_ids_from_mask(attention_mask)  # [B, T]
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids).last_hidden_state  # [B, T, H]
         last = last_token_index(attention_mask)  # [B]
@@ -387,7 +254,7 @@ class RewardModel(nn.Module):
         try:
             with torch.no_grad():
                 for i in range(0, len(ids), batch_size):
-                    x, m = pad_batch(ids[i:i + batch_size], self.tokenizer.pad_token_id, "left")
+                    x, m = pad_left(ids[i:i + batch_size], self.tokenizer.pad_token_id)
                     out.append(self(x.to(self.device), m.to(self.device)).float())
         finally:
             self.train(was_training)
@@ -436,7 +303,7 @@ class RewardModel(nn.Module):
         """
         from safetensors.torch import save_file
 
-        from rlhf_utils.lm import atomic_folder
+        from rlhf_utils.checkpoints import atomic_folder
 
         with atomic_folder(path) as tmp:
             self.backbone.save_pretrained(tmp)
@@ -502,7 +369,7 @@ def _pair_tensors(model: RewardModel, pairs: Sequence[PreferencePair]):
 
 def _pair_rewards(model: RewardModel, chosen: list, rejected: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw rewards of chosen and rejected, in one forward pass: ([B], [B])."""
-    x, m = pad_batch(list(chosen) + list(rejected), model.tokenizer.pad_token_id, "left")
+    x, m = pad_left(list(chosen) + list(rejected), model.tokenizer.pad_token_id)
     r = model(x.to(model.device), m.to(model.device))  # [2B]
     return r[: len(chosen)], r[len(chosen):]
 
@@ -539,61 +406,8 @@ def evaluate_pairs(model: RewardModel, pairs: Sequence[PreferencePair], batch_si
                           r_chosen=rc.numpy(), r_rejected=rr.numpy(), tie=tie.numpy())
 
 
-def calibration_bins(p_pred: np.ndarray, outcome: np.ndarray, n_bins: int = 10
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reliability table: for ``n_bins`` equal-width bins of predicted probability,
-    (mean predicted probability, observed frequency of the outcome, count). Empty bins give NaN.
-
-    For pairs, pass both orientations -- (p, 1) and (1 - p, 0) -- so the bins cover [0, 1].
-    """
-    p_pred = np.asarray(p_pred, dtype=float)
-    outcome = np.asarray(outcome, dtype=float)
-    idx = np.clip((p_pred * n_bins).astype(int), 0, n_bins - 1)
-    mean_p = np.full(n_bins, np.nan)
-    freq = np.full(n_bins, np.nan)
-    count = np.zeros(n_bins, dtype=int)
-    for b in range(n_bins):
-        sel = idx == b
-        count[b] = sel.sum()
-        if count[b]:
-            mean_p[b] = p_pred[sel].mean()
-            freq[b] = outcome[sel].mean()
-    return mean_p, freq, count
-
-
-def expected_calibration_error(p_pred: np.ndarray, outcome: np.ndarray, n_bins: int = 10) -> float:
-    """ECE: count-weighted mean of |mean predicted - observed| over the bins."""
-    mean_p, freq, count = calibration_bins(p_pred, outcome, n_bins)
-    ok = count > 0
-    return float((count[ok] * np.abs(mean_p[ok] - freq[ok])).sum() / count.sum())
-
-
-def pairwise_agreement(d_model: np.ndarray, d_gold: np.ndarray) -> float:
-    """Share of pairs on which the model's reward difference has the gold difference's sign.
-
-    A pair where either difference is exactly 0 counts 1/2: when the gold preference scores
-    the two equal, neither order is right -- the same half credit the noise ceiling
-    (:func:`rlhf_utils.feedback.best_accuracy`, sigma(0) = 1/2) gives it, so the two are
-    averaged over the same pairs and can be compared.
-    """
-    d_model, d_gold = np.asarray(d_model, float), np.asarray(d_gold, float)
-    if d_model.size == 0:
-        return float("nan")
-    s = np.sign(d_model) * np.sign(d_gold)
-    return float(np.mean(np.where(s == 0, 0.5, s > 0)))
-
-
-def reward_residuals(reward: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """What the reward model gives beyond the gold score: ``reward - (a * gold + b)``,
-    with a, b the least-squares line. Positive = the model overrates the text."""
-    reward, gold = np.asarray(reward, float), np.asarray(gold, float)
-    A = np.stack([gold, np.ones_like(gold)], axis=1)  # [N, 2]
-    coef, *_ = np.linalg.lstsq(A, reward, rcond=None)
-    return reward - A @ coef
-
-
 @dataclass
-class TrainHistory:
+class RewardHistory:
     """What :func:`train_reward_model` did."""
 
     step: list = field(default_factory=list)
@@ -616,7 +430,7 @@ class TrainHistory:
 
 def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair],
                        eval_pairs: Sequence[PreferencePair], config, progress: bool = True
-                       ) -> TrainHistory:
+                       ) -> RewardHistory:
     """Train ``model`` in place with the Bradley--Terry loss; keep the weights with the
     lowest held-out loss. ``config`` is a :class:`rlhf_utils.config.RewardConfig`."""
     from tqdm.auto import tqdm
@@ -629,14 +443,11 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
     chosen, rejected, tie = _pair_tensors(model, train_pairs)
     n = len(train_pairs)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    epochs = max(config.epochs, math.ceil(getattr(config, "min_steps", 0) / steps_per_epoch))
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
     total = epochs * steps_per_epoch
     eval_every = max(1, min(config.eval_every, steps_per_epoch))  # at least once per epoch
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for name, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    hist = TrainHistory()
+    opt = adamw(model, config.learning_rate, config.weight_decay)
+    hist = RewardHistory()
     best_loss, best_state, bad_evals = float("inf"), None, 0
 
     def evaluate(step: int) -> bool:
@@ -664,7 +475,7 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
             t = tie[idx].to(model.device)
             loss = bradley_terry_loss(rc, rr, t, config.margin)
             for group in opt.param_groups:  # cosine decay from lr to lr / 10 (InstructGPT: cosine)
-                group["lr"] = config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
+                group["lr"] = cosine_lr(step, total, config.learning_rate)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -676,7 +487,7 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
             hist.train_accuracy.append(((d > 0).float().mean().item()) if d.numel() else float("nan"))
             bar.update(1)
             if step % eval_every == 0 or step == total:
-                stop = evaluate(step) and step >= getattr(config, "min_steps", 0)
+                stop = evaluate(step) and step >= config.min_steps
                 bar.set_postfix(eval_loss=f"{hist.eval_loss[-1]:.3f}", eval_acc=f"{hist.eval_accuracy[-1]:.3f}")
                 if stop:
                     break

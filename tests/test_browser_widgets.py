@@ -20,7 +20,7 @@ import nbformat
 import pytest
 
 from rlhf_utils.feedback import FeedbackStore, live_judgements
-from rlhf_utils.widgets import PairwiseSession
+from rlhf_utils.rating import PairwiseSession
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +45,8 @@ def _widget_cell(store: Path) -> str:
     return (
         "import sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from rlhf_utils.widgets import PairwiseSession, rating_widget\n"
+        "from rlhf_utils.rating import PairwiseSession\n"
+        "from rlhf_utils.widgets import rating_widget\n"
         f"pairs = {PAIRS!r}\n"
         f"session = PairwiseSession(pairs, {str(store)!r}, repeat_every=0, seed=0)\n"
         "rating_widget(session)\n"

@@ -168,3 +168,26 @@ def test_full_lm_is_bigger_than_quick():
     assert full.n_embd * full.n_layer > quick.n_embd * quick.n_layer
     for lm in (quick, full):
         assert lm.n_embd % lm.n_head == 0
+
+
+def test_one_vocabulary_for_the_rl_hyperparameters():
+    """Issue 10: every config names a hyperparameter the same way (CleanRL's names), and the
+    old names are gone."""
+    old = {"lr", "mini_batch_size", "ppo_epochs", "cliprange", "cliprange_value", "lam", "clip_vloss"}
+    for preset in C.PRESETS.values():
+        for f in dataclasses.fields(C.Preset):
+            if f.name == "name":
+                continue
+            names = {g.name for g in dataclasses.fields(getattr(preset, f.name))}
+            assert not names & old, f"{f.name}: {sorted(names & old)}"
+        ppo, cart = preset.ppo, preset.cartpole
+        for cfg in (ppo, cart):
+            assert {"learning_rate", "num_minibatches", "update_epochs", "clip_coef", "vf_clip_coef",
+                    "gae_lambda", "norm_adv", "adam_eps", "vf_coef"} <= {g.name for g in dataclasses.fields(cfg)}
+        assert ppo.batch_size % ppo.num_minibatches == 0
+        assert (cart.num_envs * cart.num_steps) % cart.num_minibatches == 0
+    quick, full = C.PRESETS["quick"], C.PRESETS["full"]
+    assert (quick.ppo.batch_size // quick.ppo.num_minibatches, full.ppo.num_minibatches) == (32, 4)
+    # the value loss carries its 1/2 now, so SB3's vf_coef 0.5 is our 1.0; no value clipping (SB3's default)
+    assert (C.CartPoleConfig().vf_coef, C.CartPoleConfig().vf_clip_coef, C.CartPoleConfig().adam_eps) == (1.0, None, 1e-5)
+    assert C.PPOConfig().norm_adv is True

@@ -16,7 +16,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from rlhf_utils import course
-from rlhf_utils.course import NotebookRun, check_scale, format_summary, report, run_notebook, select_notebooks
+from rlhf_utils.course import NotebookRun, check_scale, format_summary, run_notebook, select_notebooks
+from rlhf_utils.report import REPORT_ENV, report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,7 @@ def write_notebook(path: Path, *sources: str) -> Path:
 
 
 GOOD_CELLS = (
-    "import os, sys\nimport numpy as np\nfrom rlhf_utils.course import report",
+    "import os, sys\nimport numpy as np\nfrom rlhf_utils.report import report",
     "report(initial_loss=6.0, final_loss=np.float32(2.5))",
     "report(final_loss=2.0, scale=os.environ['RLHF_SCALE'], cwd=os.getcwd(), python=sys.executable,\n"
     "       extra=os.environ.get('EXTRA_VAR', ''))",
@@ -56,7 +57,7 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
 
 def test_report_merges_figures_into_the_report_file(tmp_path, monkeypatch, capsys):
     target = tmp_path / "figures.json"
-    monkeypatch.setenv(course.REPORT_ENV, str(target))
+    monkeypatch.setenv(REPORT_ENV, str(target))
     report(a=1, b=np.float64(0.5))
     report(b=2.5, curve=np.arange(3), name="x", flag=np.bool_(True))
     assert json.loads(target.read_text()) == {"a": 1, "b": 2.5, "curve": [0, 1, 2], "name": "x", "flag": True}
@@ -65,7 +66,7 @@ def test_report_merges_figures_into_the_report_file(tmp_path, monkeypatch, capsy
 
 
 def test_report_without_the_env_only_displays(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(course.REPORT_ENV, raising=False)
+    monkeypatch.delenv(REPORT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     report(x=1.23456789)
     assert "1.235" in capsys.readouterr().out
@@ -75,7 +76,7 @@ def test_report_without_the_env_only_displays(tmp_path, monkeypatch, capsys):
 def test_report_converts_tensors_and_rejects_objects(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     target = tmp_path / "f.json"
-    monkeypatch.setenv(course.REPORT_ENV, str(target))
+    monkeypatch.setenv(REPORT_ENV, str(target))
     report(loss=torch.tensor(1.5), pair=torch.tensor([1, 2]))
     assert json.loads(target.read_text()) == {"loss": 1.5, "pair": [1, 2]}
     with pytest.raises(TypeError, match="report\\(model=...\\)"):
@@ -136,7 +137,7 @@ def test_format_summary_shows_each_notebook_and_its_figures():
 
 
 def test_importing_the_package_and_runner_stays_light():
-    code = "import sys, rlhf_utils, rlhf_utils.course; print(sorted({'torch', 'nbclient', 'transformers'} & set(sys.modules)))"
+    code = "import sys, rlhf_utils, rlhf_utils.course, rlhf_utils.report; print(sorted({'torch', 'nbclient', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -194,7 +195,7 @@ def test_run_notebook_times_out_instead_of_hanging(tmp_path):
 def test_cli_runs_in_order_and_writes_summary(tmp_path):
     nbs = tmp_path / "nbs"
     write_notebook(nbs / "01_first.ipynb", *GOOD_CELLS)
-    write_notebook(nbs / "02_second.ipynb", "from rlhf_utils.course import report\nreport(answer=42)")
+    write_notebook(nbs / "02_second.ipynb", "from rlhf_utils.report import report\nreport(answer=42)")
     write_notebook(nbs / "notes.ipynb", "1 / 0")  # not NN_name: not part of the course
     out = tmp_path / "out"
     result = run_cli("--notebooks", str(nbs), "--out", str(out), "--scale", "quick")

@@ -1,4 +1,4 @@
-"""The preference store, the simulated annotator, agreement (rlhf_utils.feedback)."""
+"""The preference store (rlhf_utils.feedback), the simulated annotator and agreement (rlhf_utils.annotators)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlhf_utils import annotators as an
 from rlhf_utils import feedback as fb
-from rlhf_utils.feedback import (SCHEMA_VERSION, FeedbackStore, FeedbackStoreError, FeedbackWarning,
-                                 SimulatedAnnotator, agreement, best_accuracy, cohen_kappa, item_key,
+from rlhf_utils.annotators import SimulatedAnnotator, agreement, best_accuracy, cohen_kappa
+from rlhf_utils.feedback import (SCHEMA_VERSION, FeedbackStore, FeedbackStoreError, FeedbackWarning, item_key,
                                  live_judgements, load_records, pair_record, score_record,
                                  to_preference_dataset, undo_record)
 
@@ -323,7 +324,7 @@ def test_position_bias_is_measurable():
     ann = SimulatedAnnotator(_stub_gold, temperature=1.0, position_bias=1.0)
     pairs = [("p .", "x .", "y .")] * 4000
     records = ann.records(pairs, rng=3)
-    rate = fb.position_bias_rate(records)
+    rate = an.position_bias_rate(records)
     assert rate == pytest.approx(1 / (1 + np.exp(-1.0)), abs=0.03)
 
 
@@ -340,7 +341,7 @@ def test_best_accuracy_matches_monte_carlo():
     hits = []
     for seed in range(20):
         labels = ann.label(a, b, rng=seed)
-        gold = [fb.gold_choice(x, y) for x, y in zip(_stub_gold(a), _stub_gold(b))]
+        gold = [an.gold_choice(x, y) for x, y in zip(_stub_gold(a), _stub_gold(b))]
         # on gold ties either answer "agrees" half the time: count 0.5, as sigma(0) does
         hits.append(np.mean([0.5 if g == "tie" else float(g == l) for g, l in zip(gold, labels)]))
     assert np.mean(hits) == pytest.approx(expected, abs=0.01)
@@ -386,7 +387,7 @@ def test_kappa_matches_sklearn_formula():
 def test_annotator_agreement_matches_by_item_and_drops_skips():
     you = [pair_record(f"p{i} .", "x .", "y .", c) for i, c in enumerate(["a", "b", "skip", "tie"])]
     sim = [pair_record(f"p{i} .", "x .", "y .", c, annotator="sim") for i, c in enumerate(["a", "a", "a", "tie"])][::-1]
-    ag = fb.annotator_agreement(you, sim)
+    ag = an.annotator_agreement(you, sim)
     assert ag.n == 3 and ag.raw == pytest.approx(2 / 3)
 
 

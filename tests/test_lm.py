@@ -1,10 +1,12 @@
-"""Tests of rlhf_utils.lm, each against an independent reference.
+"""Tests of rlhf_utils.lm, rlhf_utils.gpt2_decoder and rlhf_utils.checkpoints, each against
+an independent reference.
 
 References: a naive loop that runs the model on each text alone (no padding, no mask,
-no KV cache) and applies softmax + gather by hand; the formulas of entropy and
-log-softmax written out; the definitions of top-k and nucleus sets checked row by row;
-a model with uniform logits (perplexity = vocabulary size); a checkpoint read back in a
-fresh Python process with nothing but ``transformers``.
+no KV cache) and applies softmax + gather by hand; the definitions of top-k and nucleus
+sets checked row by row; a model with uniform logits (perplexity = vocabulary size); the
+model's own forward for the fast GPT-2 decoding step (bit for bit); a checkpoint read
+back in a fresh Python process with nothing but ``transformers``. The tensor helpers
+lm uses (padding, positions, log-softmax, entropy) are tested in ``tests/test_ops.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_utils import lm
+from rlhf_utils import checkpoints, gpt2_decoder, lm, ops
 from rlhf_utils.config import LMConfig
 from rlhf_utils.world import World
 
@@ -63,7 +65,7 @@ def trained(world, tok):
     texts = world.corpus(2000, seed=1)
     held_out = world.corpus(200, seed=2)
     ppl_before = lm.perplexity(model, tok, held_out)
-    losses = lm.train_lm(model, tok, [("", t) for t in texts], steps=120, batch_size=32, lr=1e-2,
+    losses = lm.train_lm(model, tok, [("", t) for t in texts], steps=120, batch_size=32, learning_rate=1e-2,
                          warmup_steps=10, progress=False)
     return SimpleNamespace(model=model.eval(), losses=losses, ppl_before=ppl_before,
                            ppl_after=lm.perplexity(model, tok, held_out), held_out=held_out)
@@ -134,44 +136,13 @@ def test_encode_prompts_left_padded_with_bos(tok):
         assert (ids[i, : ids.shape[1] - n] == tok.pad_token_id).all()
 
 
-def test_position_ids_from_mask():
-    """Real tokens are numbered 0, 1, 2, ... wherever the padding is (pad positions don't matter)."""
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    positions = lm.position_ids_from_mask(mask)
-    for row, m in zip(positions.tolist(), mask.tolist()):
-        assert [p for p, keep in zip(row, m) if keep] == list(range(sum(m)))
-    assert (positions >= 0).all()
-
-
 # ---- log-probabilities ---------------------------------------------------------------
-
-
-def test_selective_log_softmax_and_entropy_match_naive_formulas():
-    g = torch.Generator().manual_seed(0)
-    logits = 4 * torch.randn(3, 5, 11, generator=g)
-    index = torch.randint(11, (3, 5), generator=g)
-    naive = torch.log_softmax(logits.double(), -1).gather(-1, index[..., None])[..., 0]
-    torch.testing.assert_close(lm.selective_log_softmax(logits, index).double(), naive, atol=1e-5, rtol=0)
-    p = torch.softmax(logits.double(), -1)
-    torch.testing.assert_close(lm.entropy_from_logits(logits).double(), -(p * p.log()).sum(-1), atol=1e-5, rtol=0)
-    # extreme logits stay finite; a uniform distribution has entropy log V
-    big = torch.tensor([[1e4, 0.0, -1e4]])
-    assert torch.isfinite(lm.selective_log_softmax(big, torch.tensor([2]))).all()
-    assert lm.entropy_from_logits(torch.zeros(2, 7)).tolist() == pytest.approx([torch.log(torch.tensor(7.0)).item()] * 2)
-
-
-def test_entropy_of_filtered_logits_is_finite():
-    """-inf logits (tokens a top-k / top-p filter removed) have p = 0 and add nothing."""
-    logits = torch.tensor([[0.0, 1.0, float("-inf")], [2.0, float("-inf"), float("-inf")]])
-    p = torch.softmax(torch.tensor([0.0, 1.0]).double(), -1)
-    expected = [float(-(p * p.log()).sum()), 0.0]
-    assert lm.entropy_from_logits(logits).tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_token_logprobs_left_right_and_no_padding_agree_with_naive_loop(tok, world, random_model):
     texts = world.corpus(4, seed=3) + ["i loved this film ."]
     rows = [[tok.bos_token_id] + words_to_ids(tok, t) for t in texts]
-    for pad in (lm.pad_left, lm.pad_right):
+    for pad in (ops.pad_left, ops.pad_right):
         ids, mask = pad(rows, tok.pad_token_id)
         got = lm.token_logprobs(random_model, ids, mask)  # [B, T-1]
         assert got.shape == (len(rows), ids.shape[1] - 1)
@@ -185,7 +156,7 @@ def test_token_logprobs_temperature_and_entropy(tok, random_model):
     ids, mask = lm.encode_prompts(tok, PROMPTS)
     lp, ent = lm.token_logprobs(random_model, ids, mask, temperature=2.0, with_entropy=True)
     with torch.no_grad():
-        logits = random_model(ids, attention_mask=mask, position_ids=lm.position_ids_from_mask(mask)).logits
+        logits = random_model(ids, attention_mask=mask, position_ids=ops.position_ids_from_mask(mask)).logits
     logp = torch.log_softmax(logits[:, :-1].double() / 2.0, -1)
     torch.testing.assert_close(lp.double(), logp.gather(-1, ids[:, 1:, None])[..., 0], atol=1e-5, rtol=0)
     torch.testing.assert_close(ent.double(), -(logp.exp() * logp).sum(-1), atol=1e-5, rtol=0)
@@ -382,6 +353,16 @@ def test_same_generator_seed_same_samples(tok, random_model):
     assert not torch.equal(a.response_ids, c.response_ids)
 
 
+def needs_fast_decoder():
+    """The fast decoder is only switched on for the transformers releases it was checked on."""
+    import transformers
+
+    if transformers.__version__ not in gpt2_decoder.TESTED_TRANSFORMERS:
+        pytest.skip(f"transformers {transformers.__version__} is not in gpt2_decoder.TESTED_TRANSFORMERS "
+                    f"{gpt2_decoder.TESTED_TRANSFORMERS}, so lm.sample takes the model's own forward; add the "
+                    "release there and run these tests to check the decoder on it")
+
+
 @pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
 def test_fast_gpt2_decoding_equals_the_hugging_face_forward(tok, trained, world, monkeypatch, activation):
     """The GPT-2 decoder gives the model's own forward's numbers bit for bit: tokens,
@@ -392,14 +373,15 @@ def test_fast_gpt2_decoding_equals_the_hugging_face_forward(tok, trained, world,
     model = GPT2LMHeadModel(type(trained.model.config).from_dict(config)).eval()
     model.load_state_dict(trained.model.state_dict())
     prompts = world.prompts(24, seed=9) + ["", "the food was"]
-    assert lm._GPT2Decoder.supports(model)
+    needs_fast_decoder()
+    assert gpt2_decoder.supports(model)
 
     def run():
         return lm.sample(model, tok, prompts, 30, temperature=1.2, generator=torch.Generator().manual_seed(0),
                          with_hidden=True)
 
     fast = run()
-    monkeypatch.setattr(lm._GPT2Decoder, "supports", staticmethod(lambda m: False))
+    monkeypatch.setattr(gpt2_decoder, "supports", lambda m: False)
     slow = run()
     assert len(set(fast.response_mask.sum(1).tolist())) > 3  # rows ended at different steps
     assert fast.hidden.shape == (len(prompts), fast.response_ids.shape[1], model.config.n_embd)
@@ -413,13 +395,71 @@ def test_fast_gpt2_decoding_only_for_a_plain_gpt2_in_eval_mode(tok, trained):
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2LMHeadModel
 
+    needs_fast_decoder()
     model = copy.deepcopy(trained.model)
-    assert lm._GPT2Decoder.supports(model)
-    assert not lm._GPT2Decoder.supports(model.train())
+    assert gpt2_decoder.supports(model)
+    assert not gpt2_decoder.supports(model.train())
     eager = GPT2LMHeadModel._from_config(model.config, attn_implementation="eager").eval()
-    assert not lm._GPT2Decoder.supports(eager)
+    assert not gpt2_decoder.supports(eager)
     peft_model = get_peft_model(copy.deepcopy(trained.model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
-    assert not lm._GPT2Decoder.supports(peft_model) and not lm._GPT2Decoder.supports(peft_model.get_base_model().eval())
+    assert not gpt2_decoder.supports(peft_model) and not gpt2_decoder.supports(peft_model.get_base_model().eval())
+
+
+@torch.no_grad()
+def test_gpt2_decoder_steps_equal_the_model_forward_bit_for_bit(tok, trained, world):
+    """Step by step, GPT2Decoder's logits and hidden states equal those of the model's own
+    forward with its KV cache (lm's fall-back decoder), bit for bit -- rows of several prompt
+    lengths (one only BOS), two of them ending (masked out) half-way."""
+    needs_fast_decoder()
+    model = trained.model
+    prompt_ids, prompt_mask = lm.encode_prompts(tok, world.prompts(6, seed=4) + [""])
+    batch, steps = prompt_ids.shape[0], 8
+    slow = lm._Decoder(model, with_hidden=True)
+    slow_logits, slow_hidden = slow.prefill(prompt_ids, prompt_mask)
+    prefill = lm._Decoder(model, with_hidden=True)
+    logits, hidden = prefill.prefill(prompt_ids, prompt_mask)
+    assert torch.equal(logits, slow_logits) and torch.equal(hidden, slow_hidden)
+    fast = gpt2_decoder.GPT2Decoder(model, prefill.cache, prompt_mask, steps, with_hidden=True)
+    g = torch.Generator().manual_seed(0)
+    alive = torch.ones(batch, dtype=torch.bool)
+    for step in range(steps):
+        if step == 3:
+            alive[1] = alive[-1] = False
+        token = torch.randint(len(tok), (batch,), generator=g).masked_fill(~alive, tok.pad_token_id)
+        (a_logits, a_hidden), (b_logits, b_hidden) = slow.step(token, alive), fast.step(token, alive)
+        assert a_logits.shape == (batch, len(tok)) and a_hidden.shape == (batch, model.config.n_embd)
+        assert torch.equal(a_logits, b_logits), step
+        assert torch.equal(a_hidden, b_hidden), step
+
+
+@pytest.mark.parametrize("switch", ["RLHF_FAST_GPT2=0", "untested transformers"])
+def test_gpt2_decoder_falls_back_to_the_model_forward(tok, trained, world, monkeypatch, switch):
+    """With RLHF_FAST_GPT2=0, or on a transformers release the decoder was not checked on,
+    supports() is False and lm.sample never builds a GPT2Decoder -- with the same samples."""
+    needs_fast_decoder()
+    model = trained.model
+    prompts = world.prompts(8, seed=13)
+
+    def run():
+        return lm.sample(model, tok, prompts, 20, generator=torch.Generator().manual_seed(0), with_hidden=True)
+
+    monkeypatch.setenv("RLHF_FAST_GPT2", "1")
+    assert gpt2_decoder.supports(model)
+    fast = run()
+    if switch == "RLHF_FAST_GPT2=0":
+        monkeypatch.setenv("RLHF_FAST_GPT2", "0")
+    else:
+        monkeypatch.setattr(gpt2_decoder, "TESTED_TRANSFORMERS", ("0.0.1",))
+    assert not gpt2_decoder.supports(model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("lm.sample used the fast decoder although supports() is False")
+
+    monkeypatch.setattr(gpt2_decoder, "GPT2Decoder", refuse)
+    slow = run()
+    for name in ("response_ids", "response_mask", "logprobs", "hidden"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert fast.texts == slow.texts
 
 
 def test_sample_bad_arguments(tok, random_model):
@@ -495,9 +535,25 @@ def test_masked_lm_loss_by_hand(tok, random_model):
         assert float(lm.lm_loss(random_model, *batch)) == pytest.approx(total / count, abs=1e-4)
 
 
+def test_cosine_lr_by_hand():
+    # warm-up over 2 steps to 1.0, then a cosine from 1.0 (step 2) to floor 0.1 (step 10)
+    got = [lm.cosine_lr(step, 10, 1.0, warmup_steps=2, floor=0.1) for step in (0, 1, 2, 6, 10)]
+    assert got == pytest.approx([0.5, 1.0, 1.0, 0.1 + 0.9 * 0.5, 0.1])
+    assert lm.cosine_lr(0, 4, 3e-4) == pytest.approx(3e-4)  # no warm-up: starts at the peak
+
+
+def test_adamw_decays_matrices_only(tok):
+    model = lm.build_model(TINY, tok)
+    opt = lm.adamw(model, learning_rate=1e-3, weight_decay=0.1)
+    decayed, plain = opt.param_groups
+    assert (decayed["weight_decay"], plain["weight_decay"], decayed["lr"]) == (0.1, 0.0, 1e-3)
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
 def test_train_lm_needs_examples(tok):
     with pytest.raises(ValueError):
-        lm.train_lm(lm.build_model(TINY, tok), tok, [], steps=1, batch_size=1, lr=1e-3, progress=False)
+        lm.train_lm(lm.build_model(TINY, tok), tok, [], steps=1, batch_size=1, learning_rate=1e-3, progress=False)
 
 
 # ---- checkpoints ---------------------------------------------------------------------
@@ -524,7 +580,7 @@ print(json.dumps({"texts": out, "vocab": len(tok), "pad": tok.pad_token_id, "eos
 
 
 def test_checkpoint_round_trip_in_a_fresh_process(tok, trained, tmp_path):
-    path = lm.save_checkpoint(trained.model, tok, tmp_path / "ckpt")
+    path = checkpoints.save_checkpoint(trained.model, tok, tmp_path / "ckpt")
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
     greedy = lm.sample(trained.model, tok, PROMPTS, 20, greedy=True)
@@ -535,21 +591,23 @@ def test_checkpoint_round_trip_in_a_fresh_process(tok, trained, tmp_path):
     assert fresh["texts"] == greedy.texts
     assert (fresh["vocab"], fresh["pad"], fresh["eos"]) == (len(tok), tok.pad_token_id, tok.eos_token_id)
     # and through load_checkpoint: same weights, same tokenizer, left padding
-    model, tok2 = lm.load_checkpoint(path, device="cpu")
+    model, tok2 = checkpoints.load_checkpoint(path, device="cpu")
     assert tok2.get_vocab() == tok.get_vocab() and tok2.padding_side == "left"
+    # the tokenizer is saved with the model's context as its length, the caller's left as it was
+    assert tok2.model_max_length == lm.context_length(trained.model) == 64 and tok.model_max_length == 10_000
     state = trained.model.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert lm.sample(model, tok2, PROMPTS, 20, greedy=True).texts == greedy.texts
     # saving again over it replaces it
-    lm.save_checkpoint(trained.model, tok, path)
+    checkpoints.save_checkpoint(trained.model, tok, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
 def test_incomplete_checkpoints_say_what_is_missing(tok, random_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint folder"):
-        lm.load_checkpoint(tmp_path / "nowhere", device="cpu")
+        checkpoints.load_checkpoint(tmp_path / "nowhere", device="cpu")
     for missing in ("tokenizer.json", "tokenizer_config.json", "model.safetensors", "config.json"):
-        path = lm.save_checkpoint(random_model, tok, tmp_path / missing.replace(".", "_"))
+        path = checkpoints.save_checkpoint(random_model, tok, tmp_path / missing.replace(".", "_"))
         (path / missing).unlink()
         with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
-            lm.load_checkpoint(path, device="cpu")
+            checkpoints.load_checkpoint(path, device="cpu")

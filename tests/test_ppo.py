@@ -1,5 +1,8 @@
-"""PPO for language models (rlhf_utils.ppo): each piece against a naive reference, then the
-trainer on tiny models (GPT-2 and Llama style, full and LoRA), resume, and bad inputs."""
+"""PPO for language models (rlhf_utils.ppo) and its reward shaping (rlhf_utils.reward_shaping):
+each piece against a naive reference, then the trainer on tiny models (GPT-2 and Llama
+style, full and LoRA), resume (rlhf_utils.ppo_checkpoint), the command line
+(rlhf_utils.ppo_cli), and bad inputs. The losses and GAE are tested in tests/test_rl.py,
+the masked statistics and KL estimators in tests/test_ops.py."""
 
 from __future__ import annotations
 
@@ -10,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_utils import lm
+from rlhf_utils import checkpoints, lm
 from rlhf_utils.config import LMConfig, PPOConfig
-from rlhf_utils.ppo import (AdaptiveKLController, FixedKLController, NonFiniteError, PPOTrainer,
-                            apply_missing_eos_penalty, gae_advantages, kl_estimators,
-                            kl_penalty_rewards, last_token_index, masked_mean, masked_whiten,
-                            ppo_policy_loss, ppo_value_loss)
+from rlhf_utils.ops import last_token_index
+from rlhf_utils.ppo import NonFiniteError, PPOTrainer
+from rlhf_utils.reward_shaping import (AdaptiveKLController, FixedKLController, apply_missing_eos_penalty,
+                                       kl_penalty_rewards)
 from rlhf_utils.world import World
 
 torch.set_num_threads(1)
@@ -27,71 +30,8 @@ def prefix_mask(lengths, width):
 
 
 # --------------------------------------------------------------------------------------
-# Pure functions against naive loops
+# Reward shaping against hand-worked values
 # --------------------------------------------------------------------------------------
-
-
-def test_masked_mean_matches_naive_and_empty_mask_is_zero():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 7, generator=g)
-    m = prefix_mask([7, 3, 1, 5], 7)
-    naive = sum(float(x[b, t]) for b in range(4) for t in range(7) if m[b, t]) / float(m.sum())
-    assert math.isclose(float(masked_mean(x, m)), naive, rel_tol=1e-6)
-    rows = masked_mean(x, m, dim=1)
-    for b in range(4):
-        real = [float(x[b, t]) for t in range(7) if m[b, t]]
-        assert math.isclose(float(rows[b]), sum(real) / len(real), rel_tol=1e-6)
-    assert float(masked_mean(x, torch.zeros_like(m))) == 0.0
-
-
-def test_masked_whiten_ignores_padding():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(5, 9, generator=g) * 3 + 2
-    m = prefix_mask([9, 4, 1, 6, 2], 9)
-    real = np.array([float(x[b, t]) for b in range(5) for t in range(9) if m[b, t]])
-    mu, sd = real.mean(), real.std(ddof=1)
-    w = masked_whiten(x, m)
-    for b in range(5):
-        for t in range(9):
-            expected = (float(x[b, t]) - mu) / sd if m[b, t] else 0.0
-            assert math.isclose(float(w[b, t]), expected, abs_tol=1e-5)
-    # garbage in the padding changes nothing
-    noisy = torch.where(m.bool(), x, torch.full_like(x, 1e6))
-    assert torch.allclose(masked_whiten(noisy, m), w, atol=1e-6)
-    # shift_mean=False only rescales
-    w2 = masked_whiten(x, m, shift_mean=False)
-    assert math.isclose(float(w2[0, 0]), (float(x[0, 0]) - mu) / sd + mu, rel_tol=1e-5)
-    assert x.equal(torch.where(m.bool(), x, x))  # input untouched
-
-
-def naive_gae(values, rewards, lengths, gamma, lam):
-    B, R = values.shape
-    adv = np.zeros((B, R))
-    for b in range(B):
-        L, A = lengths[b], 0.0
-        for t in reversed(range(L)):
-            next_v = float(values[b, t + 1]) if t + 1 < L else 0.0
-            delta = float(rewards[b, t]) + gamma * next_v - float(values[b, t])
-            A = delta + gamma * lam * A
-            adv[b, t] = A
-    ret = adv + values.numpy() * (np.arange(R)[None] < np.array(lengths)[:, None])
-    return adv, ret
-
-
-@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (1.0, 0.0)])
-def test_gae_over_masked_responses_matches_naive_loop(gamma, lam):
-    g = torch.Generator().manual_seed(2)
-    lengths = [6, 1, 3, 6, 4]
-    values = torch.randn(5, 6, generator=g)
-    rewards = torch.randn(5, 6, generator=g)
-    m = prefix_mask(lengths, 6)
-    # padding holds garbage: it must not leak into the real tokens
-    values_pad = torch.where(m.bool(), values, torch.full_like(values, 99.0))
-    adv, ret = gae_advantages(values_pad, rewards, m, gamma, lam)
-    nadv, nret = naive_gae(values, rewards, lengths, gamma, lam)
-    assert np.allclose(adv.numpy(), nadv, atol=1e-5)
-    assert np.allclose(ret.numpy(), nret, atol=1e-5)
-    assert (adv[~m.bool()] == 0).all() and (ret[~m.bool()] == 0).all()
 
 
 def test_kl_penalty_sits_on_response_tokens_and_reward_on_last_real_token():
@@ -112,6 +52,12 @@ def test_kl_penalty_sits_on_response_tokens_and_reward_on_last_real_token():
     r, _ = kl_penalty_rewards(scores, logprobs, ref, full, kl_coef=0.0)
     assert r[:, :3].abs().sum() == 0 and r[:, 3].tolist() == [10.0, -20.0]
     assert last_token_index(m).tolist() == [2, 1]
+    # the k3 estimator per token: expm1(x) - x with x = ref - logp, by hand for one token
+    r3, ns3 = kl_penalty_rewards(scores, logprobs, ref, m, kl_coef=0.5, estimator="k3")
+    x = -1.5 - (-1.0)
+    assert ns3[0, 0].item() == pytest.approx(-0.5 * (math.exp(x) - 1 - x), rel=1e-6)
+    assert (ns3[m.bool()] <= 0).all() and (ns3[~m.bool()] == 0).all()
+    assert r3[0, 2].item() == pytest.approx(10.0 + ns3[0, 2].item())
 
 
 def test_missing_eos_penalty_fires_exactly_when_no_eos():
@@ -120,65 +66,6 @@ def test_missing_eos_penalty_fires_exactly_when_no_eos():
     out = apply_missing_eos_penalty(scores, ended, 3.0)
     assert out.tolist() == [0.5, -2.5, -1.0, -1.0]
     assert apply_missing_eos_penalty(scores, ended, 0.0).equal(scores)
-
-
-def test_kl_estimators_against_exact_kl():
-    g = torch.Generator().manual_seed(3)
-    p = torch.softmax(torch.randn(6, generator=g), 0)
-    q = torch.softmax(torch.randn(6, generator=g), 0)
-    exact = float((p * (p / q).log()).sum())
-    a = torch.multinomial(p, 400_000, replacement=True, generator=g)
-    est = kl_estimators(p.log()[a], q.log()[a])
-    assert abs(float(est["k1"].mean()) - exact) < 0.01
-    assert abs(float(est["k3"].mean()) - exact) < 0.01
-    assert (est["k3"] >= 0).all() and (est["k2"] >= 0).all()
-    # k3 through expm1: accurate where exp(x) - 1 would lose it
-    x = torch.tensor([1e-4, -3e-4], dtype=torch.float32)
-    k3 = kl_estimators(torch.zeros(2), x)["k3"]
-    exact_k3 = [math.expm1(v) - v for v in x.double().tolist()]
-    assert np.allclose(k3.numpy(), exact_k3, rtol=1e-2)
-
-
-def test_ppo_policy_loss_matches_naive_and_splits_exactly():
-    g = torch.Generator().manual_seed(4)
-    old = -torch.rand(3, 5, generator=g) * 3
-    new = old + torch.randn(3, 5, generator=g) * 0.4
-    adv = torch.randn(3, 5, generator=g)
-    m = prefix_mask([5, 2, 4], 5)
-    loss, stats = ppo_policy_loss(new, old, adv, m, 0.2)
-    terms, clipped = [], []
-    for b in range(3):
-        for t in range(5):
-            if m[b, t]:
-                r = math.exp(float(new[b, t] - old[b, t]))
-                a = float(adv[b, t])
-                terms.append(max(-a * r, -a * min(max(r, 0.8), 1.2)))
-                clipped.append(abs(r - 1) > 0.2)
-    assert math.isclose(float(loss), sum(terms) / len(terms), rel_tol=1e-5)
-    assert math.isclose(float(stats["clipfrac"]), sum(clipped) / len(clipped), rel_tol=1e-6)
-    # micro-batches normalised by the minibatch's token count sum to the minibatch loss
-    n = m.sum()
-    parts = [ppo_policy_loss(new[i:i + 1], old[i:i + 1], adv[i:i + 1], m[i:i + 1], 0.2, n)[0] for i in range(3)]
-    assert torch.allclose(sum(parts), loss, atol=1e-6)
-
-
-def test_ppo_value_loss_matches_naive():
-    g = torch.Generator().manual_seed(5)
-    old = torch.randn(2, 4, generator=g)
-    new = old + torch.randn(2, 4, generator=g)
-    ret = torch.randn(2, 4, generator=g)
-    m = prefix_mask([4, 3], 4)
-    loss, stats = ppo_value_loss(new, old, ret, m, 0.2)
-    terms, cl = [], []
-    for b in range(2):
-        for t in range(4):
-            if m[b, t]:
-                v, vo, R = float(new[b, t]), float(old[b, t]), float(ret[b, t])
-                vc = vo + min(max(v - vo, -0.2), 0.2)
-                terms.append(max((v - R) ** 2, (vc - R) ** 2))
-                cl.append((vc - R) ** 2 > (v - R) ** 2)
-    assert math.isclose(float(loss), 0.5 * sum(terms) / len(terms), rel_tol=1e-5)
-    assert math.isclose(float(stats["clipfrac"]), sum(cl) / len(cl), rel_tol=1e-6)
 
 
 def test_adaptive_kl_controller_by_hand():
@@ -239,8 +126,8 @@ def gold_fn(prompts, completions):
 
 
 PROMPTS = WORLD.prompts(40, seed=12)
-TINY = PPOConfig(steps=3, batch_size=8, mini_batch_size=4, gradient_accumulation_steps=2, ppo_epochs=2,
-                 max_new_tokens=10, lr=1e-3)
+TINY = PPOConfig(steps=3, batch_size=8, num_minibatches=2, gradient_accumulation_steps=2, update_epochs=2,
+                 max_new_tokens=10, learning_rate=1e-3)
 
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
@@ -276,8 +163,47 @@ def test_rollout_masks_logprobs_and_scores(tokenizer, build):
     ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)
     am = torch.cat([ro.prompt_mask, ro.response_mask], 1)
     with torch.no_grad():
-        _, full_values = t.accelerator.unwrap_model(t.model)(ids, am, ro.prompt_ids.shape[1] - 1, with_logits=False)
+        _, full_values = t.accelerator.unwrap_model(t.model)(ids, am, ro.prompt_ids.shape[1] - 1)
     assert (ro.values != 0).any() and torch.allclose(ro.values, full_values * ro.response_mask, atol=1e-5)
+
+
+def test_advantages_are_kl_shaped_gae_then_whitened(tokenizer):
+    """PPOTrainer.advantages against a naive loop: per-token -beta * (log pi - log pi_ref), the
+    score on the last real token, GAE over the real tokens, whitening over the batch
+    (Bessel-corrected); the returns are those of the advantages before whitening."""
+    t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
+    ro = t.rollout(PROMPTS[:8])
+    m = ro.response_mask.float()
+    g = torch.Generator().manual_seed(0)
+    ro.ref_logprobs = (ro.logprobs - 0.3 * torch.rand(m.shape, generator=g)) * m  # a policy that has moved
+    ro.values = torch.randn(m.shape, generator=g) * m
+    t.kl_ctl.value = beta = 0.2
+    before = {k: v.clone() for k, v in vars(ro).items() if isinstance(v, torch.Tensor)}
+    adv, ret, non_score = t.advantages(ro)
+    gamma, lam = TINY.gamma, TINY.gae_lambda
+    B, R = m.shape
+    n_adv, n_ret, n_ns = np.zeros((B, R)), np.zeros((B, R)), np.zeros((B, R))
+    for b in range(B):
+        L = int(m[b].sum())
+        lp, ref, v = ro.logprobs[b].tolist(), ro.ref_logprobs[b].tolist(), ro.values[b].tolist()
+        rewards = [-beta * (lp[i] - ref[i]) for i in range(L)]
+        n_ns[b, :L] = rewards
+        rewards[L - 1] += float(ro.scores[b])
+        A = 0.0
+        for i in reversed(range(L)):
+            delta = rewards[i] + gamma * (v[i + 1] if i + 1 < L else 0.0) - v[i]
+            A = delta + gamma * lam * A
+            n_adv[b, i], n_ret[b, i] = A, A + v[i]
+    real = n_adv[m.bool().numpy()]
+    white = (n_adv - real.mean()) / math.sqrt(real.var(ddof=1) + 1e-8) * m.numpy()
+    assert np.allclose(non_score.numpy(), n_ns, atol=1e-6)
+    assert np.allclose(ret.numpy(), n_ret, atol=1e-5)
+    assert np.allclose(adv.numpy(), white, atol=1e-5)
+    assert all(torch.equal(v, getattr(ro, k)) for k, v in before.items())  # the rollout is untouched
+    # Rollout.select picks rows, in the order asked for
+    sub = ro.select([2, 0])
+    assert sub.prompts == [ro.prompts[2], ro.prompts[0]] and sub.texts == [ro.texts[2], ro.texts[0]]
+    assert len(sub) == 2 and torch.equal(sub.response_ids, ro.response_ids[[2, 0]])
 
 
 def test_bf16_autocast_recomputes_logprobs_so_the_first_ratio_is_one(tokenizer):
@@ -285,7 +211,7 @@ def test_bf16_autocast_recomputes_logprobs_so_the_first_ratio_is_one(tokenizer):
     in one full pass under autocast, so the first minibatch's ratio is exactly 1."""
     from accelerate import Accelerator
 
-    config = dataclasses.replace(TINY, batch_size=8, mini_batch_size=8, gradient_accumulation_steps=1, ppo_epochs=1)
+    config = dataclasses.replace(TINY, batch_size=8, num_minibatches=1, gradient_accumulation_steps=1, update_epochs=1)
     t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, config,
                    accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
     assert t.accelerator.mixed_precision == "bf16"
@@ -312,7 +238,8 @@ def test_one_step_moves_every_trainable_parameter_and_never_the_reference(tokeni
     assert not unchanged, f"parameters that did not move: {unchanged}"
     assert all(torch.equal(ref_before[n], p) for n, p in _params(t.ref_policy).items())
     for key in ("objective/kl", "objective/scores", "policy/approx_kl", "policy/clipfrac", "policy/entropy",
-                "val/vf_loss", "val/explained_variance", "objective/kl_coef"):
+                "loss/value", "loss/policy", "val/clipfrac", "val/explained_variance", "objective/kl_coef",
+                "charts/learning_rate"):
         assert key in stats and math.isfinite(stats[key]), key
 
 
@@ -382,7 +309,7 @@ def test_save_policy_is_a_loadable_checkpoint(tokenizer, tmp_path):
     t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
     t.step()
     t.save_policy(tmp_path / "ppo")
-    model, tok = lm.load_checkpoint(tmp_path / "ppo", device="cpu")
+    model, tok = checkpoints.load_checkpoint(tmp_path / "ppo", device="cpu")
     for (n, p), q in zip(t.policy.named_parameters(), model.parameters()):
         assert torch.equal(p, q), n
     assert (tmp_path / "ppo" / "value_head.safetensors").is_file()
@@ -394,8 +321,8 @@ def test_save_policy_is_a_loadable_checkpoint(tokenizer, tmp_path):
 
 
 def test_minibatch_that_does_not_divide_the_batch(tokenizer):
-    with pytest.raises(ValueError, match=r"mini_batch_size=3 does not divide batch_size=8.*Pick one of"):
-        PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, mini_batch_size=3))
+    with pytest.raises(ValueError, match=r"num_minibatches=3 does not divide batch_size=8.*Pick one of \[1, 2, 4, 8\]"):
+        PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, num_minibatches=3))
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS,
                    dataclasses.replace(TINY, gradient_accumulation_steps=3))
@@ -411,8 +338,8 @@ def test_resume_from_another_configuration(tokenizer, tmp_path):
     t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
     t.step()
     t.save_state(tmp_path / "ck")
-    other = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, lr=5e-4))
-    with pytest.raises(ValueError, match=r"another configuration \(lr: saved 0.001, now 0.0005\)"):
+    other = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, learning_rate=5e-4))
+    with pytest.raises(ValueError, match=r"another configuration \(learning_rate: saved 0.001, now 0.0005\)"):
         other.load_state(tmp_path / "ck")
     with pytest.raises(FileNotFoundError, match="not a complete PPO checkpoint"):
         other.load_state(tmp_path / "nothing")
@@ -437,17 +364,33 @@ def test_nan_reward_stops_with_the_step_and_the_quantity(tokenizer):
 
 
 def test_command_line_trains_saves_and_resumes(tokenizer, tmp_path, capsys):
-    from rlhf_utils.ppo import STATE_FILE, main
+    from rlhf_utils.ppo_checkpoint import STATE_FILE
+    from rlhf_utils.ppo_cli import main
 
     policy = lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64), tokenizer)
-    lm.save_checkpoint(policy, tokenizer, tmp_path / "sft")
+    checkpoints.save_checkpoint(policy, tokenizer, tmp_path / "sft")
     args = ["--scale", "quick", "--policy", str(tmp_path / "sft"), "--reward", "gold", "--out", str(tmp_path / "ppo"),
             "--save-every", "1", "--device", "cpu"]
     main(args + ["--steps", "1"])
     assert "1 PPO steps on 1 process(es)" in capsys.readouterr().out
-    lm.load_checkpoint(tmp_path / "ppo", device="cpu")  # a complete Hugging Face folder
+    checkpoints.load_checkpoint(tmp_path / "ppo", device="cpu")  # a complete Hugging Face folder
     main(args + ["--steps", "2", "--resume"])  # carries on from step 1
     import json
 
     state = json.loads((tmp_path / "ppo-state" / STATE_FILE).read_text())
     assert state["step"] == 2 and len(state["history"]) == 2
+
+
+def test_python_m_rlhf_utils_ppo_is_still_the_command_line(monkeypatch, capsys):
+    """``python -m rlhf_utils.ppo`` runs rlhf_utils.ppo_cli.main (here in-process, with --help)."""
+    import runpy
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["python -m rlhf_utils.ppo", "--help"])
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module("rlhf_utils.ppo", run_name="__main__")
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m rlhf_utils.ppo" in out and "--resume" in out and "--lora-r" in out

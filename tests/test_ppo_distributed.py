@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_utils import lm
+from rlhf_utils import checkpoints, lm
 from rlhf_utils.config import LMConfig, PPOConfig
 from rlhf_utils.ppo import PPOTrainer, Rollout
 from rlhf_utils.world import World
@@ -30,8 +30,8 @@ from rlhf_utils.world import World
 pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = PPOConfig(steps=4, batch_size=8, mini_batch_size=8, gradient_accumulation_steps=2, ppo_epochs=2,
-                   max_new_tokens=10, lr=1e-3, whiten_rewards=True)
+CONFIG = PPOConfig(steps=4, batch_size=8, num_minibatches=1, gradient_accumulation_steps=2, update_epochs=2,
+                   max_new_tokens=10, learning_rate=1e-3, whiten_rewards=True)
 
 
 def gold_fn(prompts, completions):
@@ -54,7 +54,7 @@ def load_rollout(path: Path) -> Rollout:
 
 
 def trainer(path: Path, config: PPOConfig) -> PPOTrainer:
-    model, tok = lm.load_checkpoint(path / "policy", device="cpu")
+    model, tok = checkpoints.load_checkpoint(path / "policy", device="cpu")
     return PPOTrainer(model, tok, gold_fn, World(0).prompts(20, seed=1), config)
 
 
@@ -89,7 +89,7 @@ def test_two_process_update_equals_single_process_update(tmp_path):
     torch.set_num_threads(1)
     world = World(0)
     tok = lm.train_tokenizer(world.corpus(300, seed=3))
-    lm.save_checkpoint(lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=32), tok), tok,
+    checkpoints.save_checkpoint(lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=32), tok), tok,
                        tmp_path / "policy")
     single = trainer(tmp_path, CONFIG)
     ro = single.rollout(world.prompts(CONFIG.batch_size, seed=2))
@@ -109,7 +109,7 @@ def test_two_process_update_equals_single_process_update(tmp_path):
     for n, p in ours.items():
         assert torch.allclose(p, dist[n], atol=1e-6, rtol=1e-5), n
     dstats = json.loads((tmp_path / "distributed_stats.json").read_text())
-    for key in ("objective/kl", "objective/scores", "val/vf_loss", "loss/policy", "policy/clipfrac"):
+    for key in ("objective/kl", "objective/scores", "loss/value", "loss/policy", "policy/clipfrac"):
         assert abs(stats[key] - dstats[key]) < 1e-5, (key, stats[key], dstats[key])
 
 

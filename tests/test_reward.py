@@ -1,4 +1,6 @@
-"""Tests of rlhf_utils.reward: each against a hand-worked value or an independent reference."""
+"""Tests of rlhf_utils.reward and rlhf_utils.preferences: each against a hand-worked value or an
+independent reference. (The reward model's evaluation helpers -- calibration, agreement with
+the gold order, residuals -- are tested in tests/test_evaluation.py.)"""
 
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from rlhf_utils import preferences as P
 from rlhf_utils import reward as R
 from rlhf_utils.config import RewardConfig
+from rlhf_utils.ops import pad_left, pad_right
+
+PAD = {"left": pad_left, "right": pad_right}
 
 WORDS = ("i loved hated liked this film book restaurant . the acting food plot was were "
          "great bad good awful dull it very").split()
@@ -99,14 +105,6 @@ def test_bt_loss_no_overflow():
 # ---- scoring reads the right token ---------------------------------------------------
 
 
-def test_last_token_index_naive_loop():
-    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [0, 1, 0, 0]])
-    naive = [max(j for j in range(4) if mask[i, j]) for i in range(4)]
-    assert R.last_token_index(mask).tolist() == naive
-    with pytest.raises(ValueError, match="no real token"):
-        R.last_token_index(torch.tensor([[0, 0]]))
-
-
 def test_encoding_convention(tokenizer):
     from rlhf_utils import lm
 
@@ -129,7 +127,7 @@ def test_same_score_left_right_and_no_padding(rm, tokenizer):
     alone = torch.stack([rm(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in ids]).squeeze(-1)
     with torch.no_grad():
         for side in ("left", "right"):
-            x, m = R.pad_batch(ids, tokenizer.pad_token_id, side)
+            x, m = PAD[side](ids, tokenizer.pad_token_id)
             assert (m == 0).any()  # the lengths differ: there is padding
             assert torch.allclose(rm(x, m), alone, atol=1e-5), side
     assert torch.allclose(rm.raw_score(PROMPTS, COMPLETIONS), alone, atol=1e-5)
@@ -151,7 +149,7 @@ def test_score_reads_the_eos_position(rm, tokenizer):
 
 def test_pad_token_content_does_not_matter(rm, tokenizer):
     ids = rm.encode(PROMPTS, COMPLETIONS)
-    x, m = R.pad_batch(ids, tokenizer.pad_token_id, "left")
+    x, m = pad_left(ids, tokenizer.pad_token_id)
     x2 = torch.where(m.bool(), x, torch.full_like(x, tokenizer.eos_token_id))  # pad filled with EOS ids
     with torch.no_grad():
         assert torch.allclose(rm(x, m), rm(x2, m), atol=1e-5)
@@ -165,7 +163,7 @@ def test_hf_sequence_classification_trap(tokenizer):
                      pad_token_id=tokenizer.pad_token_id)
     hf = GPT2ForSequenceClassification(cfg).eval()
     ids = R.encode_for_reward(tokenizer, PROMPTS, COMPLETIONS)
-    x, m = R.pad_batch(ids, tokenizer.pad_token_id, "left")
+    x, m = pad_left(ids, tokenizer.pad_token_id)
     with torch.no_grad():
         alone = torch.cat([hf(input_ids=torch.tensor([s])).logits[:, 0] for s in ids])
         padded = hf(input_ids=x, attention_mask=m).logits[:, 0]
@@ -194,7 +192,7 @@ def test_head_gradcheck():
 def test_head_gradcheck_through_model(rm):
     """gradcheck of the real head (float64) on hidden states of the real backbone."""
     ids = rm.encode(PROMPTS, COMPLETIONS)
-    x, m = R.pad_batch(ids, rm.tokenizer.pad_token_id, "left")
+    x, m = pad_left(ids, rm.tokenizer.pad_token_id)
     with torch.no_grad():
         hidden = rm.backbone(input_ids=x, attention_mask=m,
                              position_ids=(m.cumsum(-1) - 1).clamp(min=0)).last_hidden_state  # [B, T, H]
@@ -297,46 +295,18 @@ def test_check_same_tokenizer():
 
 
 def _pairs(n, tie_every=0):
-    return [R.PreferencePair("i loved this film .", "it was great .", "it was bad .",
+    return [P.PreferencePair("i loved this film .", "it was great .", "it was bad .",
                              tie=bool(tie_every and i % tie_every == 0)) for i in range(n)]
 
 
 def test_split_pairs_counts_and_too_few():
-    assert R.min_pairs_needed(0.2) == 48  # round(48 * 0.2) = 10 held out, 38 to train
-    train, held = R.split_pairs(_pairs(100), 0.2, seed=0)
+    assert P.min_pairs_needed(0.2) == 48  # round(48 * 0.2) = 10 held out, 38 to train
+    train, held = P.split_pairs(_pairs(100), 0.2, seed=0)
     assert len(train) == 80 and len(held) == 20
     with pytest.raises(ValueError, match="needs at least 48.*notebook 04"):
-        R.split_pairs(_pairs(47), 0.2)
+        P.split_pairs(_pairs(47), 0.2)
     with pytest.raises(ValueError, match="between 0 and 1"):
-        R.split_pairs(_pairs(100), 1.0)
-
-
-# ---- evaluation helpers ----------------------------------------------------------------
-
-
-def test_calibration_bins_naive():
-    rng = np.random.default_rng(0)
-    p = rng.random(500)
-    y = (rng.random(500) < p).astype(float)
-    mean_p, freq, count = R.calibration_bins(p, y, n_bins=5)
-    for b in range(5):
-        sel = (p >= b / 5) & (p < (b + 1) / 5)
-        assert count[b] == sel.sum()
-        assert mean_p[b] == pytest.approx(p[sel].mean()) and freq[b] == pytest.approx(y[sel].mean())
-    # a calibrated predictor has a small ECE, a confidently wrong one a large ECE
-    assert R.expected_calibration_error(p, y, 5) < 0.1
-    assert R.expected_calibration_error(np.full(100, 0.99), np.zeros(100)) == pytest.approx(0.99)
-
-
-def test_pairwise_agreement_and_residuals():
-    assert R.pairwise_agreement([1, -1, 2, 0], [3, 1, 1, 5]) == pytest.approx((1 + 0 + 1 + 0.5) / 4)
-    assert R.pairwise_agreement([1, 1], [0, 2]) == 0.75  # a gold tie gets half credit, as in the ceiling
-    assert np.isnan(R.pairwise_agreement([], []))
-    rng = np.random.default_rng(0)
-    g = rng.normal(size=50)
-    r = 2 * g + 1 + rng.normal(scale=0.1, size=50)
-    a, b = np.polyfit(g, r, 1)
-    assert np.allclose(R.reward_residuals(r, g), r - (a * g + b))
+        P.split_pairs(_pairs(100), 1.0)
 
 
 def test_train_learns_a_preference(tokenizer):
@@ -351,9 +321,9 @@ def test_train_learns_a_preference(tokenizer):
         good, bad = "the acting was great .", "the acting was bad ."
         if rng.random() < 0.5:
             good, bad = "it was good .", "it was awful ."
-        pairs.append(R.PreferencePair(p, good, bad, tie=(i % 10 == 0)))
-    train, held = R.split_pairs(pairs, 0.2, seed=0)
-    cfg = RewardConfig(epochs=6, min_steps=0, batch_size=16, lr=3e-3, eval_every=4, patience=100)
+        pairs.append(P.PreferencePair(p, good, bad, tie=(i % 10 == 0)))
+    train, held = P.split_pairs(pairs, 0.2, seed=0)
+    cfg = RewardConfig(epochs=6, min_steps=0, batch_size=16, learning_rate=3e-3, eval_every=4, patience=100)
     before = {k: v.clone() for k, v in rm.state_dict().items()}
     hist = R.train_reward_model(rm, train, held, cfg, progress=False)
     ev = R.evaluate_pairs(rm, held)
@@ -371,15 +341,15 @@ def test_train_learns_a_preference(tokenizer):
 def test_early_stopping_restores_best(tokenizer):
     rm = R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, init_std=0.25)
     # held-out labels contradict the training labels: held-out loss rises, training stops
-    train = [R.PreferencePair("i loved this film .", "it was great .", "it was bad .")] * 40
-    held = [R.PreferencePair("i loved this film .", "it was bad .", "it was great .")] * 10
-    cfg = RewardConfig(epochs=20, min_steps=0, batch_size=8, lr=3e-3, eval_every=1, patience=3)
+    train = [P.PreferencePair("i loved this film .", "it was great .", "it was bad .")] * 40
+    held = [P.PreferencePair("i loved this film .", "it was bad .", "it was great .")] * 10
+    cfg = RewardConfig(epochs=20, min_steps=0, batch_size=8, learning_rate=3e-3, eval_every=1, patience=3)
     hist = R.train_reward_model(rm, train, held, cfg, progress=False)
     assert hist.stopped_early and hist.best_step == 0 and len(hist.eval_step) == 4
     assert R.evaluate_pairs(rm, held).loss == pytest.approx(hist.eval_loss[0], abs=1e-5)
     # never before min_steps
     rm2 = R.RewardModel.from_policy(tiny_policy(tokenizer), tokenizer, init_std=0.25)
-    cfg = RewardConfig(epochs=20, min_steps=8, batch_size=8, lr=3e-3, eval_every=1, patience=3)
+    cfg = RewardConfig(epochs=20, min_steps=8, batch_size=8, learning_rate=3e-3, eval_every=1, patience=3)
     hist = R.train_reward_model(rm2, train, held, cfg, progress=False)
     assert hist.stopped_early and hist.step[-1] == 8 and hist.best_step == 0
 
@@ -417,11 +387,11 @@ def test_pairs_from_store(tmp_path):
     wrong = fb.pair_record(p, "x8 .", "y8 .", "a", annotator="you")
     recs += [wrong, fb.undo_record(wrong)]
     fb.write_preferences(path, recs)
-    pairs = R.load_preference_pairs(path)
+    pairs = P.load_preference_pairs(path)
     assert [(q.chosen, q.rejected, q.tie, q.annotator) for q in pairs] == [
         ("x1 .", "y1 .", False, "you"), ("y2 .", "x2 .", False, "simulated"), ("x3 .", "y3 .", True, "you")]
-    assert [R.is_reader(q.annotator) for q in pairs] == [True, False, True]
-    assert len(R.load_preference_pairs(path, include_calibration=True)) == 4
+    assert [P.is_reader(q.annotator) for q in pairs] == [True, False, True]
+    assert len(P.load_preference_pairs(path, include_calibration=True)) == 4
 
 
 def test_missing_or_empty_preference_file(tmp_path, monkeypatch):
@@ -429,8 +399,44 @@ def test_missing_or_empty_preference_file(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RLHF_FEEDBACK", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="run notebook 04"):
-        R.load_preference_pairs()
+        P.load_preference_pairs()
     path = tmp_path / "preferences.jsonl"
     fb.write_preferences(path, [fb.pair_record("p .", "a .", "b .", "skip")])
     with pytest.raises(ValueError, match="no pairwise judgement"):
-        R.load_preference_pairs(path)
+        P.load_preference_pairs(path)
+
+
+# ---- sampling pairs to label ----------------------------------------------------------
+
+
+def test_sample_pairs_two_distinct_completions_of_one_prompt(tokenizer):
+    from rlhf_utils import lm
+
+    policy = tiny_policy(tokenizer)
+    prompts = PROMPTS * 4
+    pairs = P.sample_pairs(policy, tokenizer, prompts, n=6, max_new_tokens=6, seed=0, batch_size=5, progress=False)
+    assert len(pairs) == 6 and all(a != b for _, a, b in pairs) and all(p in PROMPTS for p, _, _ in pairs)
+    assert pairs == P.sample_pairs(policy, tokenizer, prompts, n=6, max_new_tokens=6, seed=0, batch_size=5,
+                                   progress=False)
+    assert pairs != P.sample_pairs(policy, tokenizer, prompts, n=6, max_new_tokens=6, seed=1, batch_size=5,
+                                   progress=False)
+    # one batch: each prompt twice in a row, one seeded generator, identical pairs dropped
+    s = lm.sample(policy, tokenizer, [p for p in prompts for _ in range(2)], 6,
+                  generator=torch.Generator().manual_seed(0))
+    expected = [(p, a, b) for p, a, b in zip(prompts, s.texts[0::2], s.texts[1::2]) if a != b]
+    assert P.sample_pairs(policy, tokenizer, prompts, n=len(expected), max_new_tokens=6, seed=0,
+                          progress=False) == expected
+    with pytest.raises(ValueError, match="distinct pairs from 12 prompts, 100 wanted: pass more prompts"):
+        P.sample_pairs(policy, tokenizer, prompts, n=100, max_new_tokens=6, progress=False)
+
+
+def test_pairs_from_judgements_orients_chosen_and_rejected():
+    from rlhf_utils import feedback as fb
+
+    recs = [fb.pair_record("p .", "x .", "y .", "b", annotator="simulated-0.15"),
+            fb.pair_record("p .", "u .", "v .", "tie", annotator="ann"),
+            fb.pair_record("p .", "c .", "d .", "a", calibration=True, gold="a")]
+    assert P.pairs_from_judgements(recs) == [P.PreferencePair("p .", "y .", "x .", False, "simulated-0.15"),
+                                             P.PreferencePair("p .", "u .", "v .", True, "ann")]
+    assert len(P.pairs_from_judgements(recs, include_calibration=True)) == 3
+    assert not P.is_reader("simulated-0.15") and P.is_reader("ann")

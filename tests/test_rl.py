@@ -1,5 +1,7 @@
-"""Tests of rlhf_utils.rl against independent references: hand-worked values, naive
-loops written forwards (the library runs backwards), exact arithmetic, autograd."""
+"""Tests of the RL core (rlhf_utils.rl) and what is built on it -- the bandit
+(rlhf_utils.bandit), the CartPole agent (rlhf_utils.cartpole), the toy text environment
+(rlhf_utils.text_env) -- against independent references: hand-worked values, naive loops
+written forwards (the library runs backwards), exact arithmetic, autograd."""
 
 from __future__ import annotations
 
@@ -12,24 +14,26 @@ import numpy as np
 import pytest
 import torch
 
+from rlhf_utils.bandit import Bandit, reinforce_gradient_samples, train_bandit
+from rlhf_utils.cartpole import AgentHistory, ActorCritic, PPOAgent, a2c_config, evaluate_policy, torch_threads
 from rlhf_utils.config import CartPoleConfig
 from rlhf_utils.rl import (
-    ActorCritic,
-    Adam,
-    Bandit,
-    PPOAgent,
-    a2c_config,
     approx_kl,
     clip_fraction,
-    clip_grad_norm_,
     discounted_returns,
-    explained_variance,
     gae_advantages,
     ppo_policy_loss,
     ppo_value_loss,
-    reinforce_gradient_samples,
     reinforce_loss,
+    token_gae_advantages,
+    value_clip_fraction,
 )
+from rlhf_utils.text_env import TextGenerationEnv
+
+
+def prefix_mask(lengths, width):
+    """[B, width] mask with the first lengths[b] entries of row b set (a response mask)."""
+    return (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).float()
 
 # ---------------------------------------------------------------- returns and GAE
 
@@ -104,6 +108,66 @@ def test_gae_lambda_one_is_monte_carlo_and_zero_is_td():
     assert torch.allclose(adv0, r + 0.9 * nv * (~term) - v, atol=1e-6)
 
 
+def naive_token_gae(values, rewards, lengths, gamma, lam):
+    """The docstring's loop: each response an episode ending at its last real token."""
+    B, R = values.shape
+    adv = np.zeros((B, R))
+    for b in range(B):
+        L, A = lengths[b], 0.0
+        for t in reversed(range(L)):
+            next_v = float(values[b, t + 1]) if t + 1 < L else 0.0
+            delta = float(rewards[b, t]) + gamma * next_v - float(values[b, t])
+            A = delta + gamma * lam * A
+            adv[b, t] = A
+    ret = adv + values.numpy() * (np.arange(R)[None] < np.array(lengths)[:, None])
+    return adv, ret
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (1.0, 0.0)])
+def test_token_gae_over_masked_responses_matches_naive_loop(gamma, lam):
+    g = torch.Generator().manual_seed(2)
+    lengths = [6, 1, 3, 6, 4]
+    values = torch.randn(5, 6, generator=g)
+    rewards = torch.randn(5, 6, generator=g)
+    m = prefix_mask(lengths, 6)
+    # padding holds garbage: it must not leak into the real tokens
+    values_pad = torch.where(m.bool(), values, torch.full_like(values, 99.0))
+    rewards_pad = torch.where(m.bool(), rewards, torch.full_like(rewards, -7.0))
+    inputs = (rewards_pad.clone(), values_pad.clone(), m.clone())
+    adv, ret = token_gae_advantages(rewards_pad, values_pad, m, gamma, lam)
+    nadv, nret = naive_token_gae(values, rewards, lengths, gamma, lam)
+    assert np.allclose(adv.numpy(), nadv, atol=1e-5)
+    assert np.allclose(ret.numpy(), nret, atol=1e-5)
+    assert (adv[~m.bool()] == 0).all() and (ret[~m.bool()] == 0).all()
+    assert all(torch.equal(a, b) for a, b in zip(inputs, (rewards_pad, values_pad, m)))  # inputs untouched
+
+
+def test_token_gae_is_episode_gae_over_time():
+    """One full-length response = one episode terminating at its last step, time first."""
+    g = torch.Generator().manual_seed(5)
+    r, v = torch.randn(1, 5, generator=g), torch.randn(1, 5, generator=g)
+    adv, ret = token_gae_advantages(r, v, torch.ones(1, 5), 0.9, 0.7)
+    term = torch.zeros(5, 1, dtype=torch.bool)
+    term[-1] = True
+    nv = torch.cat([v.T[1:], torch.zeros(1, 1)])
+    adv2, ret2 = gae_advantages(r.T, v.T, nv, term, torch.zeros_like(term), 0.9, 0.7)
+    assert torch.allclose(adv, adv2.T, atol=1e-6) and torch.allclose(ret, ret2.T, atol=1e-6)
+
+
+def test_shape_mismatch_names_the_arguments():
+    x, b = torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"gae_advantages: .*values \(3, 1\)"):
+        gae_advantages(x, torch.zeros(3, 1), x, b, b, 0.9, 0.9)
+    with pytest.raises(ValueError, match=r"token_gae_advantages: .*mask \(2, 3\)"):
+        token_gae_advantages(x, x, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"ppo_policy_loss: .*advantages \(4,\)"):
+        ppo_policy_loss(torch.zeros(3), torch.zeros(3), torch.zeros(4), 0.2)
+    with pytest.raises(ValueError, match=r"ppo_value_loss: .*mask \(2,\)"):
+        ppo_value_loss(torch.zeros(3), torch.zeros(3), torch.zeros(3), mask=torch.ones(2))
+    with pytest.raises(ValueError, match=r"reinforce_loss: .*returns \(2,\)"):
+        reinforce_loss(torch.zeros(3), torch.zeros(2))
+
+
 # ---------------------------------------------------------------- PPO losses
 
 
@@ -132,13 +196,77 @@ def test_unclipped_surrogate_gradient_at_ratio_one_is_policy_gradient():
 
 
 def test_value_loss_clipped_and_plain():
+    """1/2 E[(V - R)^2], always with the 1/2 (CleanRL, lm-human-preferences, TRL)."""
     v, old, ret = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([3.0, 0.5])
-    assert float(ppo_value_loss(v, old, ret)) == pytest.approx((1.0 + 0.25) / 2)
+    # squared errors [1, 0.25]: mean 0.625, halved
+    assert float(ppo_value_loss(v, old, ret)) == pytest.approx(0.5 * (1.0 + 0.25) / 2)
     # clip 0.5: V_clipped = [1.5, 0.5] -> errors [2.25, 0]; max with [1, 0.25] -> [2.25, 0.25]
-    assert float(ppo_value_loss(v, old, ret, clip_coef=0.5)) == pytest.approx((2.25 + 0.25) / 2)
-    # the same as the loss Stable-Baselines3 computes (F.mse_loss), clipped or not
+    assert float(ppo_value_loss(v, old, ret, clip_coef=0.5)) == pytest.approx(0.5 * (2.25 + 0.25) / 2)
+    # of the two entries, the clipped term is the larger one for the first only
+    assert value_clip_fraction(v, old, ret, 0.5) == pytest.approx(0.5)
+    # Stable-Baselines3's loss (F.mse_loss) has no 1/2: SB3's vf_coef 0.5 is our 1.0 (CartPoleConfig)
     import torch.nn.functional as F
-    assert float(ppo_value_loss(v, old, ret)) == pytest.approx(float(F.mse_loss(ret, v)))
+    assert 2 * float(ppo_value_loss(v, old, ret)) == pytest.approx(float(F.mse_loss(ret, v)))
+    assert CartPoleConfig().vf_coef * float(ppo_value_loss(v, old, ret)) == pytest.approx(0.5 * float(F.mse_loss(ret, v)))
+
+
+def test_masked_policy_loss_matches_naive_and_micro_batches_sum_to_it():
+    g = torch.Generator().manual_seed(4)
+    old = -torch.rand(3, 5, generator=g) * 3
+    new = old + torch.randn(3, 5, generator=g) * 0.4
+    adv = torch.randn(3, 5, generator=g)
+    m = prefix_mask([5, 2, 4], 5)
+    inputs = [t.clone() for t in (new, old, adv, m)]
+    loss = ppo_policy_loss(new, old, adv, 0.2, m)
+    terms, clipped, k3 = [], [], []
+    for b in range(3):
+        for t in range(5):
+            if m[b, t]:
+                x = float(new[b, t] - old[b, t])
+                r, a = math.exp(x), float(adv[b, t])
+                terms.append(max(-a * r, -a * min(max(r, 0.8), 1.2)))
+                clipped.append(abs(r - 1) > 0.2)
+                k3.append(math.expm1(x) - x)
+    assert math.isclose(float(loss), sum(terms) / len(terms), rel_tol=1e-5)
+    assert math.isclose(clip_fraction(new, old, 0.2, m), sum(clipped) / len(clipped), rel_tol=1e-6)
+    assert math.isclose(approx_kl(new, old, m), sum(k3) / len(k3), rel_tol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, (new, old, adv, m)))  # inputs untouched
+    # the trainer's split: each micro-batch's token mean times its share of the tokens sums
+    # to the minibatch's token mean
+    n = m.sum()
+    parts = [ppo_policy_loss(new[i:i + 1], old[i:i + 1], adv[i:i + 1], 0.2, m[i:i + 1]) * m[i].sum() / n
+             for i in range(3)]
+    assert torch.allclose(sum(parts), loss, atol=1e-6)
+
+
+def test_masked_value_loss_matches_naive():
+    g = torch.Generator().manual_seed(5)
+    old = torch.randn(2, 4, generator=g)
+    new = old + torch.randn(2, 4, generator=g)
+    ret = torch.randn(2, 4, generator=g)
+    m = prefix_mask([4, 3], 4)
+    loss = ppo_value_loss(new, old, ret, 0.2, m)
+    terms, cl = [], []
+    for b in range(2):
+        for t in range(4):
+            if m[b, t]:
+                v, vo, R = float(new[b, t]), float(old[b, t]), float(ret[b, t])
+                vc = vo + min(max(v - vo, -0.2), 0.2)
+                terms.append(max((v - R) ** 2, (vc - R) ** 2))
+                cl.append((vc - R) ** 2 > (v - R) ** 2)
+    assert math.isclose(float(loss), 0.5 * sum(terms) / len(terms), rel_tol=1e-5)
+    assert math.isclose(value_clip_fraction(new, old, ret, 0.2, m), sum(cl) / len(cl), rel_tol=1e-6)
+    unclipped = [(float(new[b, t]) - float(ret[b, t])) ** 2 for b in range(2) for t in range(4) if m[b, t]]
+    assert math.isclose(float(ppo_value_loss(new, old, ret, None, m)), 0.5 * sum(unclipped) / len(unclipped),
+                        rel_tol=1e-5)
+
+
+def test_losses_refuse_an_empty_mask():
+    z = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="does not select anything"):
+        ppo_policy_loss(z, z, z, 0.2, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="does not select anything"):
+        ppo_value_loss(z, z, z, 0.2, torch.zeros(2, 3))
 
 
 def _k3_exact(x: float) -> float:
@@ -150,7 +278,8 @@ def _k3_exact(x: float) -> float:
 @pytest.mark.parametrize("x", [1e-8, -1e-8, 3e-7, -1e-6, 1e-4, -5e-3, 9.9e-3, 1e-2, -0.3, 1.0, -2.0])
 def test_approx_kl_stable_and_non_negative(x):
     for dtype in (torch.float32, torch.float64):
-        got = float(approx_kl(torch.tensor([x], dtype=dtype)))
+        got = approx_kl(torch.tensor([x], dtype=dtype), torch.zeros(1, dtype=dtype))  # log r = x
+        assert isinstance(got, float)
         assert got >= 0.0
         assert got == pytest.approx(_k3_exact(float(torch.tensor(x, dtype=dtype))), rel=1e-4 if dtype == torch.float32 else 1e-9)
 
@@ -158,61 +287,21 @@ def test_approx_kl_stable_and_non_negative(x):
 def test_approx_kl_naive_form_fails_where_ours_does_not():
     x = torch.full((1000,), 1e-6)  # float32
     naive = (torch.exp(x) - 1) - x  # the textbook (r - 1) - log r
-    assert float(approx_kl(x)) == pytest.approx(5e-13, rel=1e-3)
+    assert approx_kl(x, torch.zeros(1000)) == pytest.approx(5e-13, rel=1e-3)
+    # the same from the other side: logprobs and old_logprobs both far from 0
+    old = torch.full((1000,), -3.0)
+    assert approx_kl(old + 1e-6, old) == pytest.approx(_k3_exact(float((old + 1e-6)[0]) + 3.0), rel=1e-4)
     assert abs(float(naive.mean()) - 5e-13) > 1e-9  # cancellation: off by orders of magnitude
 
 
-@pytest.mark.parametrize("max_norm", [0.05, 1e3])
-def test_clip_grad_norm_matches_torch(max_norm):
-    nets = [ActorCritic(4, 2, seed=0), ActorCritic(4, 2, seed=0)]
-    x = torch.randn(16, 4)
-    for net in nets:
-        logits, values = net(x)
-        (logits.sum() + values.pow(2).sum()).backward()
-    ours = clip_grad_norm_(list(nets[0].parameters()), max_norm)
-    ref = torch.nn.utils.clip_grad_norm_(nets[1].parameters(), max_norm)
-    assert torch.allclose(ours, ref)
-    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-8)
-
-
-def test_adam_matches_torch_bit_for_bit_with_annealed_lr():
-    """Our Adam = torch.optim.Adam(fused=True) exactly (same kernel), and = the default
-    (foreach) torch.optim.Adam to float precision, over steps with a changing lr."""
-    nets = [ActorCritic(4, 2, seed=0) for _ in range(3)]
-    params = [list(net.parameters()) for net in nets]
-    ours = Adam(params[0], lr=1e-3, eps=1e-5)
-    fused = torch.optim.Adam(params[1], lr=1e-3, eps=1e-5, fused=True)
-    plain = torch.optim.Adam(params[2], lr=1e-3, eps=1e-5)
-    gen = torch.Generator().manual_seed(0)
-    for step in range(5):
-        x = torch.randn(16, 4, generator=gen)
-        lr = 1e-3 * (1 - step / 5)
-        ours.lr = lr
-        for opt in (fused, plain):
-            opt.param_groups[0]["lr"] = lr
-        for net in nets:
-            logits, values = net(x)
-            (logits.pow(2).sum() + values.pow(2).sum()).backward()
-        for opt in (ours, fused, plain):
-            opt.step()
-        for net in nets:
-            net.zero_grad(set_to_none=True)
-    for p, q, r, p0 in zip(*params, ActorCritic(4, 2, seed=0).parameters()):
-        assert not torch.equal(p, p0)  # it did move
-        assert torch.equal(p, q)
-        assert torch.allclose(p, r, rtol=1e-5, atol=1e-7)
-
-
-def test_clipfrac_and_explained_variance():
-    log_ratio = torch.log(torch.tensor([1.0, 1.25, 0.7, 1.1]))
-    assert float(clip_fraction(log_ratio, 0.2)) == pytest.approx(0.5)
-    y = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert explained_variance(y, y) == pytest.approx(1.0)
-    assert explained_variance(torch.full((4,), 2.5), y) == pytest.approx(0.0)
-    pred = torch.tensor([1.5, 1.5, 3.5, 3.5])
-    assert explained_variance(pred, y) == pytest.approx(1 - np.var([-0.5, 0.5, -0.5, 0.5]) / np.var([1, 2, 3, 4]))
-    assert math.isnan(explained_variance(y, torch.ones(4)))
+def test_clipfrac_by_hand():
+    old = torch.tensor([-1.0, -2.0, -0.5, -3.0])
+    new = old + torch.log(torch.tensor([1.0, 1.25, 0.7, 1.1]))  # ratios; |r - 1| > 0.2 for 1.25, 0.7
+    assert clip_fraction(new, old, 0.2) == pytest.approx(0.5)
+    assert isinstance(clip_fraction(new, old, 0.2), float)
+    assert clip_fraction(new, old, 0.2, mask=torch.tensor([1, 1, 0, 0])) == pytest.approx(0.5)
+    assert clip_fraction(new, old, 0.2, mask=torch.tensor([1, 0, 0, 1])) == 0.0
+    assert clip_fraction(new, old, math.inf) == 0.0
 
 
 # ---------------------------------------------------------------- bandit and REINFORCE
@@ -253,6 +342,16 @@ def test_baseline_lowers_variance():
     v_none = reinforce_gradient_samples(logits, actions, rewards).var(0).sum()
     v_base = reinforce_gradient_samples(logits, actions, rewards, baseline=5.0).var(0).sum()
     assert v_base < v_none / 5
+
+
+def test_train_bandit_learns_the_best_arm_with_and_without_baseline():
+    bandit = Bandit(means=(0.0, 1.0, 0.3))
+    for baseline in (False, True):
+        h = train_bandit(bandit, steps=150, batch_size=32, lr=0.5, baseline=baseline, seed=0)
+        assert len(h["p_best"]) == 150 and h["p_best"][-1] > 0.9
+        assert h["expected_reward"][-1] > h["expected_reward"][0]
+    again = train_bandit(bandit, steps=20, batch_size=8, lr=0.5, baseline=True, seed=3)
+    assert again == train_bandit(bandit, steps=20, batch_size=8, lr=0.5, baseline=True, seed=3)
 
 
 # ---------------------------------------------------------------- the agent
@@ -339,3 +438,49 @@ def test_agent_does_not_depend_on_global_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(p, q) for p, q in zip(a.net.parameters(), b.net.parameters()))
+
+
+def test_torch_threads_restores_the_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError
+    assert torch.get_num_threads() == before
+
+
+def test_agent_history_curve_is_a_trailing_mean():
+    h = AgentHistory(episode_steps=[10, 25, 30, 50, 70], episode_returns=[1.0, 3.0, 2.0, 10.0, 4.0])
+    steps, curve = h.curve(window=3)
+    r = h.episode_returns
+    naive = [np.mean(r[max(0, i + 1 - 3):i + 1]) for i in range(len(r))]
+    assert steps.tolist() == h.episode_steps and np.allclose(curve, naive)
+    empty_steps, empty_curve = AgentHistory().curve()
+    assert empty_steps.size == 0 and empty_curve.size == 0
+
+
+def test_evaluate_policy_is_seeded_and_counts_every_step():
+    always_left = lambda obs: 0  # noqa: E731 -- falls over in ~10 steps
+    a = evaluate_policy(always_left, n_episodes=3, seed=5)
+    assert a == evaluate_policy(always_left, n_episodes=3, seed=5)
+    assert len(a) == 3 and all(5 <= r < 30 and r == int(r) for r in a)
+
+
+def test_text_env_rewards_the_share_of_matching_words_at_the_end():
+    env = TextGenerationEnv()
+    obs, _ = env.reset(seed=0)
+    pad = len(env.vocab)
+    assert obs.tolist() == [pad] * 5 and env.observation_space.contains(obs)
+    vocab = list(env.vocab)
+    total, done, steps = 0.0, False, 0
+    for w in ["the", "film", "was", "awful", "."]:  # 4 of 5 positions match "the film was great ."
+        obs, reward, done, truncated, _ = env.step(vocab.index(w))
+        steps += 1
+        assert not truncated and (reward == 0.0 or done)
+        total += reward
+    assert done and steps == 5 and total == pytest.approx(4 / 5)
+    assert env.text() == "the film was awful ."
+    assert obs.tolist() == [vocab.index(w) for w in env.text().split()]
+    with pytest.raises(ValueError, match=r"\['book'\] are not in the vocabulary"):
+        TextGenerationEnv(target="the book was great .")

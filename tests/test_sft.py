@@ -167,7 +167,7 @@ def test_sft_lowers_the_completion_nll_of_demonstrations_and_moves_every_paramet
     train, heldout = world.demonstrations(400, seed=1), world.demonstrations(100, seed=2)
     nll_train_before = completion_nll(model.eval(), tokenizer, train[:100])
     nll_heldout_before = completion_nll(model, tokenizer, heldout)
-    losses = lm.train_lm(model, tokenizer, train, steps=60, batch_size=16, lr=1e-2, mask_prompt=True,
+    losses = lm.train_lm(model, tokenizer, train, steps=60, batch_size=16, learning_rate=1e-2, mask_prompt=True,
                          seed=0, progress=False)
     assert len(losses) == 60 and all(math.isfinite(x) for x in losses)
     assert not model.training  # train_lm hands the model back in eval mode
@@ -187,7 +187,7 @@ def test_the_same_seed_gives_the_same_sft_run(tiny_world):
     runs = []
     for _ in range(2):
         model = lm.build_model(TINY, tokenizer)
-        runs.append(lm.train_lm(model, tokenizer, pairs, steps=5, batch_size=8, lr=1e-2, mask_prompt=True,
+        runs.append(lm.train_lm(model, tokenizer, pairs, steps=5, batch_size=8, learning_rate=1e-2, mask_prompt=True,
                                 seed=7, progress=False))
     assert runs[0] == runs[1]
 

@@ -1,4 +1,5 @@
-"""Rating-session logic, driven without a screen, and the ipywidgets wiring (rlhf_utils.widgets)."""
+"""Rating-session logic, driven without a screen (rlhf_utils.rating), and the ipywidgets wiring
+(rlhf_utils.widgets)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 import pytest
 
 from rlhf_utils.feedback import FeedbackStore, FeedbackStoreError, FeedbackWarning, SCHEMA_VERSION, pair_record
-from rlhf_utils.widgets import (BACKSPACE, KEY_SENTINEL, PairwiseSession, ScoreSession, highlight_diff,
-                                rating_widget, read_key_box, widget_frontend)
+from rlhf_utils.rating import BACKSPACE, PairwiseSession, ScoreSession, highlight_diff
+from rlhf_utils.widgets import KEY_SENTINEL, rating_widget, read_key_box, widget_frontend
 
 PAIRS = [(f"prompt {i} .", f"the film was great {i} .", f"the film was awful {i} .") for i in range(12)]
 
