@@ -108,8 +108,10 @@ def worker_ours(args, update_epochs: int) -> dict:
     wall = time.perf_counter() - start
     after = gold_of(trainer.policy, tok, world, eval_prompts, config.max_new_tokens, config.temperature)
     tokens = sum(h["objective/response_length"] * config.batch_size for h in history)
+    sample_s = sum(h["time/sample"] for h in history)
     return {"wall_s": wall, "samples": config.steps * config.batch_size, "tokens": tokens,
-            "gold_before": before, "gold_after": after, "peak_rss_mb": peak_rss_mb()}
+            "gold_before": before, "gold_after": after, "peak_rss_mb": peak_rss_mb(),
+            "non_generation_share": 1 - sample_s / sum(h["time/step"] for h in history)}
 
 
 def worker_trl(args) -> dict:
@@ -174,6 +176,42 @@ def time_generation(trainer: PPOTrainer, prompts: list[str], repeats: int) -> di
     return {name: statistics.median(r) for name, r in runs.items()}
 
 
+PHASES = ("ppo/rollout/sample", "ppo/rollout/values", "ppo/rollout/reference", "ppo/rollout/reward",
+          "ppo/advantages", "ppo/update/epoch", "ppo/update/optimizer")
+
+
+def profile_step(trainer: PPOTrainer, top: int = 12) -> str:
+    """One PPO step under ``torch.profiler``: seconds per phase (the trainer's
+    ``record_function`` labels: sampling, values, reference pass, reward, advantages, each
+    update epoch, optimizer) and the operators that take the most time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        trainer.step()
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    phases = {e.key: e.cpu_time_total / 1e6 for e in events if e.key.startswith("ppo/")}
+    lines = [f"one PPO step, profiled: {wall:.3f} s wall (profiler overhead included)",
+             "| phase | s | share of the step |", "|---|---|---|"]
+    for name in sorted(phases, key=lambda k: (next(i for i, p in enumerate(PHASES) if k.startswith(p)), k)):
+        lines.append(f"| {name} | {phases[name]:.3f} | {phases[name] / wall:.0%} |")
+    ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) or 1
+    lines += ["", "| operator (self CPU time) | s | share of all operators | calls |", "|---|---|---|---|"]
+    lines += [f"| {e.key} | {e.self_cpu_time_total / 1e6:.3f} | {e.self_cpu_time_total / total:.0%} | {e.count} |"
+              for e in ops[:top]]
+    return "\n".join(lines)
+
+
+def worker_profile(args) -> dict:
+    world, model, tok, config, prompts, eval_prompts = setup(args)
+    trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")
+    trainer.step()  # warm-up
+    return {"table": profile_step(trainer)}
+
+
 def worker_generate(args) -> dict:
     world, model, tok, config, prompts, eval_prompts = setup(args)
     trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")
@@ -208,7 +246,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         name, _, epochs = args.worker.partition(":")
-        result = worker_ours(args, int(epochs)) if name == "ours" else {"trl": worker_trl, "generate": worker_generate}[name](args)
+        workers = {"trl": worker_trl, "generate": worker_generate, "profile": worker_profile}
+        result = worker_ours(args, int(epochs)) if name == "ours" else workers[name](args)
         print(json.dumps(result))
         return
 
@@ -224,17 +263,19 @@ def main() -> None:
 
     def row(label, r):
         return (f"| {label} | {r['samples'] / r['wall_s']:.0f} | {r['tokens'] / r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['gold_before']:+.3f} -> {r['gold_after']:+.3f} ({r['gold_after'] - r['gold_before']:+.3f}) | {r['wall_s']:.1f} |")
+                f"{r['gold_before']:+.3f} -> {r['gold_after']:+.3f} ({r['gold_after'] - r['gold_before']:+.3f}) | {r['wall_s']:.1f} | "
+                + (f"{r['non_generation_share']:.0%} |" if "non_generation_share" in r else "- |"))
 
     print(f"\nsame SFT policy, gold reward, prompts; {args.steps} x {args.batch} completions each; "
           f"{args.threads} torch thread(s); TRL num_iterations = 1; median of {args.rounds} alternating runs each\n")
-    print("| trainer | samples/s | gen tokens/s | peak RSS MB | gold before -> after (gain) | train wall s |")
-    print("|---|---|---|---|---|---|")
+    print("| trainer | samples/s | gen tokens/s | peak RSS MB | gold before -> after (gain) | train wall s | "
+          "non-generation share of the step |")
+    print("|---|---|---|---|---|---|---|")
     for e in args.update_epochs:
         print(row(f"ours (PPO, update_epochs={e})", medians[f"ours:{e}"]))
     print(row("TRL RLOOTrainer", trl))
     trl_sps, trl_gain = trl["samples"] / trl["wall_s"], trl["gold_after"] - trl["gold_before"]
-    print(f"\n| ours / TRL | samples/s | peak RSS | gold gain ours vs TRL |")
+    print("\n| ours / TRL | samples/s | peak RSS | gold gain ours vs TRL |")
     print("|---|---|---|---|")
     for e in args.update_epochs:
         o = medians[f"ours:{e}"]
@@ -246,6 +287,9 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| {gen['generate']*1e3:.0f} ms | {gen['sample']*1e3:.0f} ms ({gen['sample']/gen['generate']:.2f}x) | "
           f"{gen['rollout']*1e3:.0f} ms ({gen['rollout']/gen['generate']:.2f}x) |")
+    print(f"\nour step at the preset's {get_preset('quick').ppo.update_epochs} epochs, one batch of {args.batch}, "
+          f"{args.threads} thread(s):")
+    print(run_worker("profile", args)["table"])
     print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f} s")
 
 

@@ -2,17 +2,21 @@
 
 One module per idea (the README's module map says what each holds):
 
-* foundations -- ``config`` (presets, device, seeding), ``reproducibility`` (what a CPU run
-  pins), ``ops`` (tensor helpers), ``world`` (the synthetic reviews and their gold
-  preference), ``report`` (a notebook's figures);
+* foundations -- ``config`` (presets), ``runtime`` (device, dtype, seeding, artefact paths),
+  ``checks`` (argument checks at the boundary), ``reproducibility`` (what a CPU run pins),
+  ``ops`` (tensor helpers), ``world`` (the synthetic reviews and their gold preference),
+  ``report`` (a notebook's figures);
 * language models -- ``lm``, ``gpt2_decoder`` (a faster decoding step), ``checkpoints``;
 * reinforcement learning -- ``rl`` (returns, GAE, the policy-gradient losses), ``bandit``,
   ``cartpole``, ``text_env``;
 * feedback -- ``feedback`` (the store), ``annotators``, ``rating`` (session logic),
   ``widgets`` (their display), ``preferences`` (pairs to train on);
-* reward and RLHF -- ``reward``, ``reward_shaping``, ``value_head``, ``ppo``,
-  ``ppo_checkpoint``, ``ppo_cli``;
-* measuring -- ``evaluation``, ``plotting``; the course runner -- ``course``.
+* reward and RLHF -- ``reward``, ``reward_shaping``, ``value_head``, ``ppo``, ``critic_free``
+  (RLOO, GRPO, Dr. GRPO, REINFORCE as PPO configs), ``ppo_checkpoint``, ``ppo_cli``, ``dpo``
+  (DPO, IPO, best-of-n);
+* measuring -- ``evaluation``, ``overoptimisation`` (reward hacking: proxy against gold as KL
+  grows, early stopping, biased labels), ``reward_ensemble`` (an ensemble and its disagreement
+  as a penalty), ``plotting``; the course runner -- ``course``.
 
 Importing the package is cheap: nothing heavy (torch, transformers) is imported until a
 submodule is used, either explicitly (``from rlhf_utils import lm``) or as an attribute
@@ -27,9 +31,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "config", "reproducibility", "ops", "world", "report", "lm", "gpt2_decoder", "checkpoints", "rl", "bandit",
+    "config", "checks", "runtime", "reproducibility", "ops", "world", "report", "lm", "gpt2_decoder", "checkpoints", "rl", "bandit",
     "cartpole", "text_env", "feedback", "annotators", "rating", "widgets", "preferences", "reward",
-    "reward_shaping", "value_head", "ppo", "ppo_checkpoint", "ppo_cli", "evaluation", "plotting", "course",
+    "reward_shaping", "value_head", "ppo", "critic_free", "ppo_checkpoint", "ppo_cli", "dpo", "evaluation",
+    "overoptimisation", "reward_ensemble", "plotting", "course",
 )
 
 

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 
 from rlhf_utils.config import CartPoleConfig
 from rlhf_utils.ops import entropy_from_logits, explained_variance, masked_whiten
-from rlhf_utils.rl import (approx_kl, check_unit_interval, clip_fraction, gae_advantages, ppo_policy_loss,
-                           ppo_value_loss)
+from rlhf_utils.rl import approx_kl, clip_fraction, gae_advantages, ppo_policy_loss, ppo_value_loss
 
 # --------------------------------------------------------------------------------------
 # The actor-critic network
@@ -209,18 +208,8 @@ class PPOAgent:
     """
 
     def __init__(self, config: CartPoleConfig = CartPoleConfig(), envs=None):
-        check_unit_interval("gamma", config.gamma)
-        check_unit_interval("gae_lambda", config.gae_lambda)
-        batch = config.num_envs * config.num_steps
-        if config.num_minibatches < 1 or batch % config.num_minibatches:
-            divisors = [d for d in range(1, min(batch, 64) + 1) if batch % d == 0]
-            raise ValueError(
-                f"num_minibatches={config.num_minibatches} does not divide the batch of "
-                f"num_envs * num_steps = {config.num_envs} * {config.num_steps} = {batch} transitions: "
-                f"pick one of {divisors} (or change num_steps)."
-            )
-        if config.update_epochs < 1:
-            raise ValueError(f"update_epochs={config.update_epochs}: need at least 1 (A2C uses 1, PPO ~4-20).")
+        if not isinstance(config, CartPoleConfig):  # its fields were checked when it was built
+            raise TypeError(f"config must be a CartPoleConfig, got {type(config).__name__}")
         self.config = config
         self.envs = envs if envs is not None else make_envs(config.env_id, config.num_envs)
         if getattr(self.envs, "num_envs", config.num_envs) != config.num_envs:

@@ -15,10 +15,13 @@ a vocabulary of one token. :func:`check_checkpoint` names the missing files inst
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +31,8 @@ import torch
 from rlhf_utils.lm import PAD
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+MARKERS = ("config.json", "trainer_state.json", "reward_model.json")
+"""A folder holding one of these is a checkpoint that :func:`atomic_folder` may replace."""
 
 
 @contextmanager
@@ -35,7 +40,12 @@ def atomic_folder(path) -> Iterator[Path]:
     """Write a folder atomically: yields a temporary folder beside ``path`` to fill, then
     renames it into place. On an error the temporary folder is removed and ``path`` is left
     as it was, so a crash never leaves a half-written folder under the real name."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.exists() and not (path.is_dir() and (any((path / m).is_file() for m in MARKERS)
+                                                 or not any(path.iterdir()))):
+        raise FileExistsError(
+            f"{path} exists and is not a checkpoint folder (no {' / '.join(MARKERS)} in it): saving there would "
+            "replace what it holds. Pass a new folder, or an earlier checkpoint's folder to overwrite it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
@@ -73,27 +83,81 @@ def save_checkpoint(model, tokenizer, path) -> Path:
     return Path(path)
 
 
+def read_json(file: Path) -> dict:
+    """A JSON object from ``file``; a damaged one is a ``ValueError`` naming it."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{file} is damaged (not valid JSON: {str(err)[:80]}): save or copy the folder again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} is damaged (a JSON {type(data).__name__}, not an object): save or copy it again")
+    return data
+
+
+def check_safetensors(file: Path) -> None:
+    """Check that a ``.safetensors`` file is whole: its header parses and its size is what the
+    header describes (a truncated copy fails here, naming the file, not later in the loader)."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except Exception:
+            header = None
+    if header is None or 8 + n + end != size:
+        expected = "" if header is None else f", its header describes {8 + n + end}"
+        raise ValueError(f"{file} is damaged: {size} bytes{expected} (a truncated copy or an interrupted write). "
+                         "Save the checkpoint again, or copy the file again.")
+
+
 def check_checkpoint(path) -> Path:
-    """Check that ``path`` is a complete checkpoint folder; say what is missing if not."""
-    path = Path(path)
+    """Check that ``path`` is a complete checkpoint folder whose files are whole; say what is
+    missing or damaged if not (and what the folder is, if it is another kind of checkpoint)."""
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"No checkpoint folder at {path}. Run the notebook that makes it "
             "(01 saves checkpoints/base, 03 checkpoints/sft) or pass the right path."
         )
+    if (path / "reward_model.json").is_file():
+        raise ValueError(f"{path} is a reward model, not a language model: load it with "
+                         "rlhf_utils.reward.RewardModel.load, or pass the policy's folder (e.g. checkpoints/sft)")
+    if (path / "trainer_state.json").is_file():
+        raise ValueError(f"{path} is a PPO trainer state (for --resume), not a language model: the trained "
+                         f"policy is in {path.name.removesuffix('-state')}")
     missing = [f for f in ("config.json", *TOKENIZER_FILES) if not (path / f).is_file()]
     index = path / "model.safetensors.index.json"
+    weights = ["model.safetensors"]
     if index.is_file():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        missing += sorted(s for s in shards if not (path / s).is_file())
-    elif not (path / "model.safetensors").is_file():
-        missing.append("model.safetensors")
+        weights = sorted(set(read_json(index).get("weight_map", {}).values()))
+    missing += [w for w in weights if not (path / w).is_file()]
     if missing:
         raise FileNotFoundError(
             f"Checkpoint folder {path} is incomplete (missing: {', '.join(missing)}). It was "
             "probably half-written or copied in part: save it again with save_checkpoint."
         )
+    for f in ("config.json", *TOKENIZER_FILES):
+        read_json(path / f)
+    for w in weights:
+        check_safetensors(path / w)
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def hub_offline() -> str | None:
+    """Why the Hugging Face hub cannot be reached (``HF_HUB_OFFLINE`` set, or no network), or
+    None if it can. Asked once per process: a later call gives the same answer at once."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        return f"no network ({host} cannot be reached: {err.strerror or err})"
+    return None
 
 
 def load_checkpoint(path, device=None, dtype: torch.dtype | None = None):
@@ -107,17 +171,28 @@ def load_checkpoint(path, device=None, dtype: torch.dtype | None = None):
 
     from rlhf_utils.config import get_device
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_checkpoint needs a folder or a hub id (str or Path), got {type(path).__name__}")
     device = get_device(device)
-    if Path(path).exists() or Path(path).is_absolute() or str(path).startswith((".", "~")):
-        check_checkpoint(path)
+    local = Path(path).expanduser()
+    if local.exists() or local.is_absolute() or str(path).startswith((".", "~")) or str(path).count("/") > 1:
+        path = check_checkpoint(local)
+    elif (why := hub_offline()) is not None:
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a folder here, and the Hugging Face hub cannot be reached ({why}): pass the "
+            "path of a local checkpoint folder instead (e.g. checkpoints/sft, written by save_checkpoint or "
+            "save_pretrained), or run where the hub can be reached.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as err:
         raise OSError(
-            f"Could not load {path!r}: it is neither a checkpoint folder here nor a model the hub "
-            f"could serve (offline?). Underlying error: {err}"
+            f"Could not load {str(path)!r}: it is neither a checkpoint folder here nor a model the hub "
+            f"serves. Underlying error: {str(err)[:300]}"
         ) from None
+    except Exception as err:  # e.g. safetensors' SafetensorError, a config transformers cannot read
+        raise ValueError(f"Could not load the checkpoint {str(path)!r}: {type(err).__name__}: {str(err)[:300]}. "
+                         "Save it again with save_checkpoint.") from None
     if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one
         tokenizer.add_special_tokens({"pad_token": PAD})
         model.resize_token_embeddings(len(tokenizer))

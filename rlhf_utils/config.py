@@ -1,4 +1,4 @@
-"""Scale presets, device and dtype choice, seeding: the one place where sizes live.
+"""Scale presets and one config dataclass per algorithm: the one place where sizes live.
 
 The course runs at two scales, picked by one switch:
 
@@ -9,109 +9,39 @@ The course runs at two scales, picked by one switch:
 ``RLHF_SCALE=quick|full`` (or the ``scale=`` argument) overrides the default. Each
 algorithm has one config dataclass with a docstring per field (the CleanRL ``Args``
 style); a :class:`Preset` bundles one of each. Notebooks call :func:`get_preset` and
-never hard-code a size.
+never hard-code a size. Device, dtype, seeding and where artefacts go are
+:mod:`rlhf_utils.runtime`, imported here too (``from rlhf_utils.config import get_device``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
+
+from rlhf_utils.checks import _check_fields, _check_sizes, _divisors, _say, check_int, check_number
+from rlhf_utils.runtime import (PROJECT_ROOT, checkpoints_dir, default_threads, feedback_dir,  # noqa: F401
+                                get_device, get_dtype, seed_everything)
 
 SCALES = ("quick", "full")
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def checkpoints_dir() -> Path:
-    """Where the course's checkpoints go: ``$RLHF_CHECKPOINTS``, else ``<repo>/checkpoints``."""
-    return Path(os.environ.get("RLHF_CHECKPOINTS") or PROJECT_ROOT / "checkpoints")
-
-
-def feedback_dir() -> Path:
-    """Where preference files go: ``$RLHF_FEEDBACK``, else ``<repo>/data/feedback``."""
-    return Path(os.environ.get("RLHF_FEEDBACK") or PROJECT_ROOT / "data" / "feedback")
-
-
 # --------------------------------------------------------------------------------------
-# Scale, device, dtype, seed
+# Scale
 # --------------------------------------------------------------------------------------
 
 
 def get_scale(scale: str | None = None) -> str:
     """The scale to run at: the argument, else ``$RLHF_SCALE``, else from the hardware."""
     chosen = scale or os.environ.get("RLHF_SCALE") or ("full" if torch.cuda.is_available() else "quick")
-    chosen = chosen.strip().lower()
+    chosen = str(chosen).strip().lower()
     if chosen not in SCALES:
         raise ValueError(
             f"Unknown scale {chosen!r}: use one of {', '.join(SCALES)} "
             "(set RLHF_SCALE=quick for 2 CPU cores, RLHF_SCALE=full for one GPU)."
         )
     return chosen
-
-
-def get_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one asked for (checked), else cuda, then mps, then cpu.
-
-    Asking for a device this machine lacks is an error, never a silent fallback.
-    """
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device='cuda' was asked for, but this machine has no CUDA GPU (or this torch is a "
-            "CPU build): pass device='cpu', or leave device unset to pick the best one available."
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(
-            "device='mps' was asked for, but Apple's MPS backend is not available here: "
-            "pass device='cpu', or leave device unset."
-        )
-    return device
-
-
-def get_dtype(device: torch.device) -> torch.dtype:
-    """The compute dtype for autocast: bf16 on a GPU that supports it, else float32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def default_threads() -> int:
-    """torch's CPU thread count for the course: ``$RLHF_THREADS``, else 1."""
-    value = os.environ.get("RLHF_THREADS", "1").strip()
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"RLHF_THREADS={value!r}: set it to a whole number of threads, at least 1 (default 1)")
-    return int(value)
-
-
-def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA), and fix torch's CPU thread count to
-    ``threads`` (default :func:`default_threads`); return a torch.Generator seeded the same.
-
-    The thread count is part of the seed: a float sum split over two threads rounds
-    differently than over one, so only a fixed count makes a CPU run give the same figures
-    on any machine, whatever its number of cores (see :mod:`rlhf_utils.reproducibility`).
-    """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    torch.set_num_threads(threads or default_threads())
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------------
@@ -129,6 +59,9 @@ class WorldConfig:
     """reviews in the language-model corpus"""
     n_eval_reviews: int = 1_000
     """held-out reviews, for perplexity"""
+
+    def __post_init__(self):
+        _check_fields(self, ints="n_train_reviews n_eval_reviews")
 
 
 @dataclass(frozen=True)
@@ -158,6 +91,13 @@ class LMConfig:
     seed: int = 0
     """seed of initialisation and batch order"""
 
+    def __post_init__(self):
+        _check_fields(self, ints="n_layer n_head n_embd n_positions steps batch_size", ints0="warmup_steps",
+                      positive="learning_rate", nonneg="weight_decay", unit="dropout")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"LMConfig.n_embd={self.n_embd} is not a multiple of n_head={self.n_head}: each "
+                             f"head gets n_embd / n_head dimensions; pick n_head in {_divisors(self.n_embd, 64)}")
+
 
 @dataclass(frozen=True)
 class SFTConfig:
@@ -185,6 +125,10 @@ class SFTConfig:
     """random words put before each prompt in the "when the mask matters" experiment"""
     seed: int = 0
     """seed of batch order and of evaluation sampling"""
+
+    def __post_init__(self):
+        _check_fields(self, ints="n_demonstrations n_heldout steps batch_size n_eval max_new_tokens",
+                      ints0="warmup_steps long_prompt_words", positive="learning_rate temperature")
 
 
 @dataclass(frozen=True)
@@ -245,6 +189,19 @@ class CartPoleConfig:
     text_env_timesteps: int = 5_000
     """SB3 PPO budget on notebook 02's toy text-generation environment (the article used 10,000)"""
 
+    def __post_init__(self):
+        _check_fields(self, ints="total_timesteps num_envs num_steps num_minibatches update_epochs torch_threads "
+                      "eval_episodes text_env_timesteps", positive="learning_rate clip_coef max_grad_norm adam_eps",
+                      nonneg="ent_coef vf_coef", unit="gamma gae_lambda", flags="anneal_lr anneal_clip norm_adv",
+                      inf_ok="clip_coef max_grad_norm", optional="vf_clip_coef")
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise TypeError(_say("CartPoleConfig.env_id", self.env_id, "must be a gymnasium id, e.g. 'CartPole-v1'"))
+        object.__setattr__(self, "hidden_sizes", _check_sizes("CartPoleConfig", "hidden_sizes", self.hidden_sizes))
+        if (batch := self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ValueError(f"num_minibatches={self.num_minibatches} does not divide the batch of num_envs * num_steps"
+                             f" = {self.num_envs} * {self.num_steps} = {batch} transitions: pick one of "
+                             f"{_divisors(batch, 64)} (or change num_steps).")
+
 
 @dataclass(frozen=True)
 class FeedbackConfig:
@@ -268,6 +225,10 @@ class FeedbackConfig:
     """longest completion sampled, in tokens"""
     seed: int = 0
     """seed of sampling and of the simulated annotator"""
+
+    def __post_init__(self):
+        _check_fields(self, ints="n_pairs max_new_tokens", ints0="reader_goal n_calibration repeat_every n_score_items",
+                      positive="temperature sample_temperature")
 
 
 @dataclass(frozen=True)
@@ -302,6 +263,13 @@ class RewardConfig:
     """training-set sizes of the label-efficiency curve (capped at the labels available)"""
     seed: int = 0
     """seed of split, head initialisation and batch order"""
+
+    def __post_init__(self):
+        _check_fields(self, ints="epochs batch_size eval_every patience calibration_bins", ints0="min_steps",
+                      positive="learning_rate max_grad_norm", nonneg="weight_decay margin", inf_ok="max_grad_norm")
+        check_number("RewardConfig.eval_fraction", self.eval_fraction, 0, 1, low_open=True, high_open=True, fix="e.g. 0.2")
+        check_int("RewardConfig.n_normalise", self.n_normalise, 2, "the std needs at least 2 samples, e.g. 512")
+        object.__setattr__(self, "label_sizes", _check_sizes("RewardConfig", "label_sizes", self.label_sizes))
 
 
 @dataclass(frozen=True)
@@ -352,6 +320,20 @@ class PPOConfig:
     """horizon of the adaptive controller, in sequences"""
     kl_estimator: str = "k1"
     """per-token KL in the penalty: k1 (log pi - log pi_ref, Ziegler et al.) or k3 (expm1)"""
+    kl_in: str = "reward"
+    """where the KL goes: "reward" (-beta * KL on each token's reward, Ziegler et al.) or "loss"
+    (+beta * KL in the loss, differentiated, as GRPO)"""
+    advantage_estimator: str = "gae"
+    """"gae" (PPO with its value head), or critic-free: "rloo" (leave-one-out baseline) or "grpo"
+    (group mean, and std when ``scale_rewards``): see :mod:`rlhf_utils.critic_free`"""
+    group_size: int = 1
+    """completions sampled per prompt (rloo / grpo need 2 or more; batch_size must be a multiple)"""
+    scale_rewards: bool = True
+    """grpo: divide by the group's reward std (GRPO); False is Dr. GRPO"""
+    loss_aggregation: str = "token"
+    """how token losses are averaged: "token" (over all tokens of the minibatch), "sequence"
+    (each sequence's mean, then over sequences: GRPO), "constant" (sum / (sequences *
+    max_new_tokens): Dr. GRPO)"""
     whiten_rewards: bool = False
     """whiten the per-token rewards over the batch before GAE (scale only)"""
     missing_eos_penalty: float = 1.0
@@ -375,6 +357,201 @@ class PPOConfig:
     seed: int = 0
     """seed of prompts, sampling and batch order"""
 
+    def __post_init__(self):
+        _check_fields(self, ints="steps batch_size num_minibatches gradient_accumulation_steps update_epochs "
+                      "kl_horizon max_new_tokens n_prompts n_eval lora_alpha group_size", ints0="lora_r",
+                      positive="learning_rate adam_eps clip_coef temperature max_grad_norm kl_target",
+                      nonneg="vf_coef ent_coef init_kl_coef", unit="gamma gae_lambda", inf_ok="clip_coef max_grad_norm",
+                      flags="anneal_lr norm_adv adaptive_kl whiten_rewards bf16 scale_rewards", optional="vf_clip_coef",
+                      choices={"kl_estimator": ("k1", "k2", "k3"), "kl_in": ("reward", "loss"),
+                               "advantage_estimator": ("gae", "rloo", "grpo"),
+                               "loss_aggregation": ("token", "sequence", "constant")})
+        check_number("PPOConfig.missing_eos_penalty", self.missing_eos_penalty, fix="e.g. 1.0 (0: no penalty)")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(f"num_minibatches={self.num_minibatches} does not divide batch_size={self.batch_size}: "
+                             f"every rollout must split into whole minibatches. Pick one of {_divisors(self.batch_size)}.")
+        mini = self.batch_size // self.num_minibatches
+        if mini % self.gradient_accumulation_steps:
+            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} does not divide the "
+                             f"minibatch of batch_size / num_minibatches = {mini}: pick one of {_divisors(mini)}.")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimisation, IPO and best-of-n (notebook 08, ``rlhf_utils.dpo``).
+
+    The loss and its names follow Rafailov et al. (2023) and TRL's ``DPOConfig`` (the full preset keeps
+    their beta 0.1); the defaults are the quick scale: notebook 04's 1,600 training pairs in ~6 s on a CPU.
+    """
+
+    beta: float = 1.0
+    """weight of the KL to the reference in the objective DPO solves (larger: stay closer); IPO's tau.
+    Quick: 1.0 (on the course's SFT policy, 0.1 -- the paper's value -- reached KL 8.8 nats and half its
+    samples ungrammatical; 1.0: KL 2.4, 88% grammatical, held-out accuracy 0.78)"""
+    loss_type: str = "sigmoid"
+    """``"sigmoid"`` (DPO, Rafailov et al. 2023) or ``"ipo"`` (Azar et al. 2023)"""
+    label_smoothing: float = 0.0
+    """cDPO: the probability that a label is wrong, in [0, 0.5); sigmoid loss only (0 = plain DPO)"""
+    epochs: int = 2
+    """passes over the training pairs"""
+    batch_size: int = 32
+    """pairs per optimizer step"""
+    learning_rate: float = 5e-4
+    """peak learning rate (AdamW, linear warm-up then cosine decay to a tenth)"""
+    warmup_steps: int = 10
+    """linear warm-up steps (Rafailov et al. 2023 warm up for 150)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (global L2 norm)"""
+    eval_fraction: float = 0.2
+    """share of the pairs held out for the held-out loss and accuracy"""
+    eval_every: int = 25
+    """optimizer steps between held-out evaluations"""
+    best_of_n: tuple[int, ...] = (1, 2, 4, 8, 16)
+    """the n of best-of-n sampling compared in notebook 08"""
+    seed: int = 0
+    """seed of the split and of batch order (and of best-of-n sampling)"""
+
+    def __post_init__(self):
+        _check_fields(self, ints="epochs batch_size eval_every", ints0="warmup_steps",
+                      positive="beta learning_rate max_grad_norm", choices={"loss_type": ("sigmoid", "ipo")})
+        check_number("DPOConfig.label_smoothing", self.label_smoothing, 0, 0.5, high_open=True, fix="0 = plain DPO")
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ValueError(f"DPOConfig.label_smoothing={self.label_smoothing!r} needs loss_type='sigmoid': use 0 with IPO")
+        check_number("DPOConfig.eval_fraction", self.eval_fraction, 0, 1, low_open=True, high_open=True, fix="e.g. 0.2")
+        if not _check_sizes("DPOConfig", "best_of_n", self.best_of_n):
+            raise ValueError("DPOConfig.best_of_n=(): name at least one n, e.g. (1, 2, 4, 8, 16)")
+
+
+@dataclass(frozen=True)
+class HackingConfig:
+    """Evaluation and reward hacking (notebook 07, ``rlhf_utils.overoptimisation``, ``reward_ensemble``).
+
+    Every PPO run of the notebook is notebook 06's ``PPOConfig`` with these sizes, a fixed beta
+    (``adaptive_kl=False``) and this seed; the sizes keep the quick notebook under 3 minutes.
+    """
+
+    betas: tuple[float, ...] = (0.1, 0.03, 0.01, 0.0)
+    """fixed KL coefficients of the sweep; the smallest (0: no penalty) is the over-optimisation run"""
+    steps: int = 120
+    """PPO iterations of each run"""
+    batch_size: int = 32
+    """completions per PPO iteration (one minibatch)"""
+    learning_rate: float = 3e-4
+    """peak PPO learning rate (higher than notebook 06's: over-optimisation shows sooner)"""
+    eval_steps: tuple[int, ...] = (2, 4, 6, 8, 10, 15, 20, 30, 40, 50, 60, 80, 100, 120)
+    """PPO steps after which proxy, gold and KL are measured on held-out prompts (dense early,
+    where the gold peaks; the last step always)"""
+    n_eval: int = 192
+    """held-out prompts of each measurement"""
+    n_check: int = 64
+    """other held-out prompts whose gold reward chooses the early-stopping step (a human spot check)"""
+    n_win_rate: int = 512
+    """held-out prompts of the RLHF-vs-SFT win rate"""
+    ensemble_size: int = 3
+    """reward models in the ensemble (each on its own bootstrap resample of the labels)"""
+    ensemble_epochs: int = 2
+    """training epochs of each ensemble member (notebook 05's recipe otherwise)"""
+    ensemble_penalty: float = 2.0
+    """lambda of the ensemble's score mean - lambda * std over its members"""
+    length_bias: float = 0.3
+    """logit per word the biased annotator adds in favour of the longer completion"""
+    bias_beta: float = 0.03
+    """the KL coefficient (one of ``betas``) of the run against the biased reward model"""
+    seed: int = 0
+    """seed of the PPO runs, the ensemble and the relabelling"""
+
+    def __post_init__(self):
+        _check_fields(self, ints="steps batch_size n_eval n_check n_win_rate ensemble_size ensemble_epochs",
+                      positive="learning_rate", nonneg="ensemble_penalty length_bias bias_beta")
+        if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__iter__") or not self.betas:
+            raise ValueError(_say("HackingConfig.betas", self.betas, "must name at least one KL coefficient",
+                                  "e.g. (0.1, 0.03, 0.01, 0.0)"))
+        betas = tuple(check_number(f"HackingConfig.betas[{i}]", b, 0, fix="beta >= 0") for i, b in enumerate(self.betas))
+        object.__setattr__(self, "betas", betas)
+        steps = _check_sizes("HackingConfig", "eval_steps", self.eval_steps)
+        if list(steps) != sorted(set(steps)) or (steps and steps[-1] > self.steps):
+            raise ValueError(_say("HackingConfig.eval_steps", steps, f"must be increasing steps between 1 and "
+                                  f"steps={self.steps}", "e.g. (2, 4, 8, 16, 32)"))
+        object.__setattr__(self, "eval_steps", steps)
+        if self.bias_beta not in betas:
+            raise ValueError(f"HackingConfig.bias_beta={self.bias_beta!r} is not one of betas={betas}: the biased run "
+                             "is compared with the sweep's run at the same beta")
+        if self.ensemble_penalty > 0 and self.ensemble_size < 2:
+            raise ValueError(f"HackingConfig.ensemble_penalty={self.ensemble_penalty!r} weighs the members' "
+                             f"disagreement: ensemble_size={self.ensemble_size} must be at least 2 (or the penalty 0)")
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """Every method on one reward-vs-KL frontier (notebook 08, ``rlhf_utils.critic_free``, ``rlhf_utils.dpo``).
+
+    Each RL method is notebook 06's ``PPOConfig`` with these sizes and one fixed beta
+    (``adaptive_kl=False``), then turned into RLOO, GRPO, ... by :mod:`rlhf_utils.critic_free`:
+    every RL method draws ``steps * batch_size`` completions. DPO trains on notebook 04's TRL file
+    with :class:`DPOConfig`'s recipe at each of ``dpo_betas``. The quick sizes keep the notebook
+    under 3 minutes on 2 CPU cores.
+    """
+
+    steps: int = 30
+    """iterations of each RL method (each draws ``batch_size`` completions)"""
+    batch_size: int = 64
+    """completions per RL iteration: ``batch_size / group_size`` prompts, ``group_size`` samples each"""
+    num_minibatches: int = 2
+    """optimizer steps per epoch of PPO, RLOO and GRPO (REINFORCE takes one step per batch)"""
+    learning_rate: float = 2.5e-4
+    """peak learning rate of PPO, RLOO and the GRPOs (Adam, annealed linearly to 0)"""
+    reinforce_learning_rate: float = 1e-3
+    """REINFORCE's: it takes one Adam step per batch where the others take update_epochs *
+    num_minibatches (2 * 2 = 4 here), so 4 * learning_rate moves it about as far per batch (Adam's
+    step is ~ the learning rate whatever the gradient's size); the notebook also runs it at learning_rate"""
+    kl_coef: float = 0.05
+    """beta, the fixed KL weight of every KL-regularised RL method (in the reward or in the loss)"""
+    group_size: int = 4
+    """completions per prompt of the critic-free methods (the group is their baseline); PPO samples
+    the same prompts, grouped or not"""
+    eval_steps: tuple[int, ...] = (5, 10, 20, 30)
+    """RL steps after which gold and KL are measured on the held-out prompts (the points of each curve)"""
+    dpo_betas: tuple[float, ...] = (0.3, 1.0, 3.0)
+    """DPO's beta at each point of its curve (one DPO run per beta)"""
+    best_of_n: tuple[int, ...] = (1, 2, 4, 8, 16)
+    """the n of each best-of-n point"""
+    n_pool: int = 32
+    """samples per held-out prompt that best-of-n picks from (every n; at least 2 * max(best_of_n),
+    for the KL estimate)"""
+    n_eval: int = 256
+    """held-out prompts on which every method is measured (the same prompts, the same seed)"""
+    seed: int = 0
+    """seed of the RL runs, DPO's split and order, best-of-n's pool and the evaluations"""
+
+    def __post_init__(self):
+        _check_fields(self, ints="steps batch_size num_minibatches group_size n_pool n_eval",
+                      positive="learning_rate reinforce_learning_rate", nonneg="kl_coef")
+        if self.group_size < 2 or self.batch_size % self.group_size:
+            raise ValueError(_say("FrontierConfig.group_size", self.group_size, f"must be at least 2 and divide "
+                                  f"batch_size={self.batch_size}", f"pick one of {_divisors(self.batch_size, 16)[1:]}"))
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(_say("FrontierConfig.num_minibatches", self.num_minibatches, f"must divide batch_size="
+                                  f"{self.batch_size}", f"pick one of {_divisors(self.batch_size, 16)}"))
+        steps = _check_sizes("FrontierConfig", "eval_steps", self.eval_steps)
+        if not steps or list(steps) != sorted(set(steps)) or steps[-1] > self.steps:
+            raise ValueError(_say("FrontierConfig.eval_steps", steps, f"must be increasing steps between 1 and "
+                                  f"steps={self.steps}", "e.g. (5, 10, 20, 30)"))
+        object.__setattr__(self, "eval_steps", steps)
+        if isinstance(self.dpo_betas, (str, bytes)) or not hasattr(self.dpo_betas, "__iter__") or not self.dpo_betas:
+            raise ValueError(_say("FrontierConfig.dpo_betas", self.dpo_betas, "must name at least one beta",
+                                  "e.g. (0.3, 1.0, 3.0)"))
+        betas = tuple(check_number(f"FrontierConfig.dpo_betas[{i}]", b, 0, low_open=True, fix="beta > 0")
+                      for i, b in enumerate(self.dpo_betas))
+        object.__setattr__(self, "dpo_betas", betas)
+        ns = _check_sizes("FrontierConfig", "best_of_n", self.best_of_n)
+        if not ns:
+            raise ValueError("FrontierConfig.best_of_n=(): name at least one n, e.g. (1, 2, 4, 8, 16)")
+        object.__setattr__(self, "best_of_n", ns)
+        if self.n_pool < 2 * max(ns):
+            raise ValueError(_say("FrontierConfig.n_pool", self.n_pool, f"must be at least 2 * max(best_of_n) = "
+                                  f"{2 * max(ns)}: the KL estimate ranks each best-of-n among other samples",
+                                  f"e.g. n_pool={2 * max(ns)}"))
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -388,6 +565,9 @@ class Preset:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    hacking: HackingConfig = field(default_factory=HackingConfig)
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
 
 
 PRESETS: dict[str, Preset] = {
@@ -407,6 +587,15 @@ PRESETS: dict[str, Preset] = {
                             label_sizes=(100, 300, 1_000, 3_000, 8_000)),
         ppo=PPOConfig(steps=200, batch_size=256, num_minibatches=4, update_epochs=4, learning_rate=1e-5,
                       max_new_tokens=64, n_prompts=20_000, n_eval=1_024),
+        dpo=DPOConfig(beta=0.1, epochs=2, batch_size=64, learning_rate=5e-6, warmup_steps=25, eval_every=50,
+                      best_of_n=(1, 2, 4, 8, 16, 32, 64)),
+        hacking=HackingConfig(steps=300, batch_size=128, learning_rate=3e-5, n_eval=768, n_check=256, n_win_rate=1_024,
+                              eval_steps=(5, 10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 250, 300), ensemble_size=4,
+                              ensemble_epochs=1),
+        frontier=FrontierConfig(steps=200, batch_size=256, num_minibatches=4, learning_rate=1e-5,
+                                reinforce_learning_rate=1.6e-4, group_size=8,
+                                eval_steps=(10, 25, 50, 100, 150, 200), dpo_betas=(0.03, 0.1, 0.3, 1.0),
+                                best_of_n=(1, 2, 4, 8, 16, 32, 64), n_pool=128, n_eval=1_024),
     ),
 }
 

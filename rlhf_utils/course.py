@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from rlhf_utils.checks import cli_parser, exit_on_error
 from rlhf_utils.report import REPORT_ENV, format_value, load_summary, results_table
 
 #: The scales the course runs at (the same as ``rlhf_utils.config.SCALES``, repeated here
@@ -302,7 +303,7 @@ def run_notebook(
 
     path = Path(path).resolve()
     scale = check_scale(scale)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # the kernel runs in the notebook's folder: relative paths would move
     out_dir.mkdir(parents=True, exist_ok=True)
     run = NotebookRun(name=path.stem, path=str(path), scale=scale)
 
@@ -427,10 +428,7 @@ def _new_run_dir() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m rlhf_utils.course",
-        description="Execute the course notebooks in order and summarise what each reports.",
-    )
+    p = cli_parser("rlhf_utils.course", "Execute the course notebooks in order and summarise what each reports.")
     p.add_argument("--only", metavar="LIST", help="comma-separated notebooks, by number or name: --only 01,03")
     p.add_argument(
         "--scale",
@@ -450,7 +448,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; every error is one line on stderr and a non-zero status (2: a bad
+    argument, 1: a notebook failed; the traceback of an unexpected error with ``--debug``)."""
     args = _parser().parse_args(argv)
+    try:
+        return exit_on_error("rlhf_utils.course", args.debug, _main, args)
+    except SystemExit as stop:
+        return stop.code
+
+
+def _main(args: argparse.Namespace) -> int:
     prog = "rlhf_utils.course"
     if args.results:
         try:
@@ -465,6 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not notebooks:
             raise ValueError(f"no notebooks named NN_name.ipynb in {args.notebooks}")
         selected = select_notebooks(notebooks, args.only)
+        if args.timeout is not None and not 0 < args.timeout < float("inf"):
+            raise ValueError(f"--timeout {args.timeout:g}: give the seconds allowed per cell, a number > 0 "
+                             "(or leave it out: no limit)")
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} is a file: pass a folder for the results")
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ games the reward model shows up here as proxy up, gold down.
 * :func:`gold_metrics` / :func:`gold_reward_fn` -- the world as PPO's extra log and as a reward;
 * reward-model checks: :func:`calibration_bins`, :func:`expected_calibration_error`
   (Guo et al. 2017), :func:`pairwise_agreement` with the gold order, and
-  :func:`residuals_by_defect` -- what the model over-rates, the seed of reward hacking.
+  :func:`residuals_by_defect` -- what the model over-rates, the seed of reward hacking;
+* over-optimisation curves: :func:`fit_gao_rl` and :func:`fit_gao_bon`, the functional forms
+  Gao et al. (2022) fit to the gold reward against ``d = sqrt(KL)`` (notebooks 07 and 08).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -259,3 +261,66 @@ def residuals_by_defect(reward: Sequence[float], gold: Sequence[float], defects:
         if sel.sum() >= min_count:
             out[g] = (float(resid[sel].mean()), float(resid[sel].std() / math.sqrt(sel.sum())), int(sel.sum()))
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Over-optimisation curves: the functional forms of Gao et al. (2022)
+# --------------------------------------------------------------------------------------
+
+
+class GaoFit(NamedTuple):
+    """Coefficients of a Gao et al. (2022) curve; unpacks as ``alpha, beta = fit``."""
+
+    alpha: float
+    beta: float
+
+
+def gao_rl(d, alpha: float, beta: float) -> np.ndarray:
+    """``R(d) = d (alpha - beta log d)``, the gold reward of an RL policy at ``d = sqrt(KL)``
+    (Gao et al. 2022, eq. 2), 0 at ``d = 0``. It peaks at ``d* = exp(alpha / beta - 1)``."""
+    d = np.asarray(d, dtype=float)
+    safe = np.where(d > 0, d, 1.0)
+    return np.where(d > 0, d * (alpha - beta * np.log(safe)), 0.0)
+
+
+def gao_bon(d, alpha: float, beta: float) -> np.ndarray:
+    """``R(d) = d (alpha - beta d)``, the gold reward of best-of-n at ``d = sqrt(KL)``
+    (Gao et al. 2022, eq. 1). It peaks at ``d* = alpha / (2 beta)``."""
+    d = np.asarray(d, dtype=float)
+    return d * (alpha - beta * d)
+
+
+def _gao_fit(d, gold, second: Callable[[np.ndarray], np.ndarray], name: str) -> GaoFit:
+    d, gold = np.asarray(d, dtype=float), np.asarray(gold, dtype=float)
+    if d.ndim != 1 or d.shape != gold.shape:
+        raise ValueError(f"{name}: d and gold must be 1-d and of equal length, got shapes {d.shape} and {gold.shape}")
+    if not (np.isfinite(d).all() and np.isfinite(gold).all()):
+        raise ValueError(f"{name}: d and gold must be finite (drop the NaN or inf points first)")
+    if (d < 0).any():
+        raise ValueError(f"{name}: d = sqrt(KL) cannot be negative (got {d.min():g}); clip a noisy KL estimate "
+                         "at 0 before taking its square root")
+    if len(np.unique(d[d > 0])) < 2:
+        raise ValueError(f"{name}: needs points at 2 or more distinct d > 0 to fit two coefficients, "
+                         f"got {len(np.unique(d[d > 0]))}")
+    A = np.stack([d, -second(d)], axis=1)  # [N, 2]: R = alpha * d - beta * second(d)
+    (alpha, beta), *_ = np.linalg.lstsq(A, gold, rcond=None)
+    return GaoFit(float(alpha), float(beta))
+
+
+def fit_gao_rl(d, gold) -> GaoFit:
+    """Least-squares ``alpha, beta`` of ``gold = d (alpha - beta log d)`` (:func:`gao_rl`).
+
+    ``d`` is ``sqrt(KL(pi || pi_ref))`` of each measured policy (nats), ``gold`` its gold reward
+    *minus the starting policy's* (the form is 0 at d = 0). The model is linear in alpha and
+    beta: ``gold = alpha * d - beta * d log d``. Gao et al. write it as ``R / d = alpha - beta
+    log d``; we fit ``R`` itself, the same model, because a measured gold reward has a noise that
+    does not shrink with ``d`` -- dividing by a small ``d`` would blow it up. Points at d = 0 are
+    allowed (they add nothing); at least two distinct d > 0 are needed.
+    """
+    return _gao_fit(d, gold, lambda x: x * np.log(np.where(x > 0, x, 1.0)), "fit_gao_rl")
+
+
+def fit_gao_bon(d, gold) -> GaoFit:
+    """Least-squares ``alpha, beta`` of ``gold = d (alpha - beta d)`` (:func:`gao_bon`, best-of-n;
+    linear in alpha, beta: ``gold = alpha * d - beta * d**2``). ``d``, ``gold`` as :func:`fit_gao_rl`."""
+    return _gao_fit(d, gold, np.square, "fit_gao_bon")

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_utils import gpt2_decoder
+from rlhf_utils.checks import check_int, check_number, check_texts
 from rlhf_utils.ops import (entropy_from_logits, masked_mean, pad_left, pad_right, position_ids_from_mask,
                             selective_log_softmax)
 
@@ -50,6 +51,7 @@ def train_tokenizer(texts: list[str]):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    texts = check_texts("texts", texts, "training texts")
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[PAD, BOS, EOS, UNK]))
@@ -66,6 +68,10 @@ def build_model(config, tokenizer):
     """A GPT-2-style decoder sized by ``config`` (an :class:`LMConfig`), for ``tokenizer``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from rlhf_utils.config import LMConfig
+
+    if not isinstance(config, LMConfig):  # its sizes were checked when it was built
+        raise TypeError(f"config must be an LMConfig (rlhf_utils.config), got {type(config).__name__}")
     gpt_config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
         n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
@@ -83,13 +89,26 @@ def build_model(config, tokenizer):
 
 def context_length(model) -> int:
     """The longest sequence the model accepts (positions it has embeddings for)."""
-    c = model.config
+    c = getattr(model, "config", None)
     return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None) or 10**9
 
 
 # --------------------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------------------
+
+
+def check_model(model, tokenizer, fn: str) -> torch.device:
+    """The device of ``model``, after checking that it is a torch model and that ``tokenizer``
+    has the EOS and PAD tokens the course's batching needs."""
+    if not isinstance(model, torch.nn.Module) or next(model.parameters(), None) is None:
+        raise TypeError(f"{fn}: model must be a torch language model (e.g. from checkpoints.load_checkpoint), "
+                        f"got {type(model).__name__}")
+    if not callable(tokenizer) or getattr(tokenizer, "eos_token_id", None) is None \
+            or getattr(tokenizer, "pad_token_id", None) is None:
+        raise TypeError(f"{fn}: tokenizer must be a Hugging Face tokenizer with EOS and PAD tokens "
+                        f"(the course's train_tokenizer, or load_checkpoint's), got {type(tokenizer).__name__}")
+    return next(model.parameters()).device
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -158,7 +177,12 @@ def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: l
     Returns (logprobs [B, R], mask [B, R]); ``(logprobs * mask).sum(1)`` is the
     log-probability of the whole continuation.
     """
-    device = next(model.parameters()).device
+    device = check_model(model, tokenizer, "continuation_logprobs")
+    prompts = check_texts("prompts", prompts, "prompts")
+    continuations = check_texts("continuations", continuations, "continuations")
+    if len(prompts) != len(continuations):
+        raise ValueError(f"continuation_logprobs: {len(prompts)} prompts but {len(continuations)} continuations: "
+                         "pass one continuation per prompt")
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     response_ids, response_mask = encode_responses(tokenizer, continuations, device, add_eos)
     logprobs = response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
@@ -268,12 +292,17 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     :class:`rlhf_utils.gpt2_decoder.GPT2Decoder` (the same numbers, less overhead), any other
     model through its own forward.
     """
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0; for the most likely token use greedy=True")
-    if max_new_tokens < 1 or not prompts:
-        raise ValueError(f"sample needs at least one prompt and max_new_tokens >= 1 "
-                         f"(got {len(prompts)} prompts, max_new_tokens={max_new_tokens})")
-    device = next(model.parameters()).device
+    device = check_model(model, tokenizer, "sample")
+    prompts = check_texts("prompts", prompts, "prompts")
+    check_int("max_new_tokens", max_new_tokens, 1, "e.g. 48")
+    check_number("temperature", temperature, 0, low_open=True,
+                 fix="a finite number > 0 (1 = the model's own distribution); for the most likely token use greedy=True")
+    check_int("top_k", top_k, 0, "0 keeps every token")
+    check_number("top_p", top_p, 0, 1, low_open=True, fix="1 keeps every token; 0.9 keeps the top 90% of the mass")
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != device.type):
+        raise TypeError(f"generator must be a torch.Generator on the model's device ({device}), got "
+                        f"{generator.device if isinstance(generator, torch.Generator) else type(generator).__name__}"
+                        f": pass torch.Generator(device={str(device)!r}).manual_seed(seed)")
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     if prompt_ids.shape[1] + max_new_tokens > context_length(model):
         raise ValueError(
@@ -359,6 +388,15 @@ def lm_batch(tokenizer, examples: list[tuple[str, str]], mask_prompt: bool, devi
     return collate(tokenize_examples(tokenizer, examples, mask_prompt), tokenizer.pad_token_id, device)
 
 
+def _check_fits(model, rows: list[list[int]], what: str) -> None:
+    """Every token row fits in the model's context (else an embedding lookup fails deep in torch)."""
+    context = context_length(model)
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    if len(rows[longest]) > context:
+        raise ValueError(f"{what}[{longest}] is {len(rows[longest])} tokens long with BOS and EOS, more than the "
+                         f"model's context of {context} tokens: shorten or drop it")
+
+
 def lm_loss(model, input_ids, attention_mask, loss_mask) -> torch.Tensor:
     """Mean negative log-likelihood over the tokens ``loss_mask`` selects."""
     return -masked_mean(token_logprobs(model, input_ids, attention_mask), loss_mask)
@@ -393,11 +431,22 @@ def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batc
     ``mask_prompt=True`` and only the completion (and its EOS) is learned. The learning
     rate follows :func:`cosine_lr`; gradients are clipped to a global norm of 1.
     """
-    if not examples:
-        raise ValueError("train_lm needs at least one (prompt, completion) example")
-    device = next(model.parameters()).device
-    optimizer = adamw(model, learning_rate, weight_decay)
+    device = check_model(model, tokenizer, "train_lm")
+    if isinstance(examples, (str, bytes)) or not hasattr(examples, "__len__") or not examples:
+        raise ValueError(f"train_lm needs a non-empty list of (prompt, completion) examples, got {examples!r:.60}")
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, (tuple, list)) or len(ex) != 2 or not all(isinstance(t, str) for t in ex):
+            raise TypeError(f"examples[{i}]={ex!r:.60} is not a (prompt, completion) pair of str: pre-training "
+                            "uses ('', text), fine-tuning (prompt, completion)")
+    check_int("steps", steps, 1, "e.g. 600")
+    check_int("batch_size", batch_size, 1, "e.g. 64")
+    check_number("learning_rate", learning_rate, 0, low_open=True, fix="e.g. 5e-4")
+    check_int("warmup_steps", warmup_steps, 0)
+    check_number("weight_decay", weight_decay, 0, fix="e.g. 0.01")
+    check_int("seed", seed, None)
     rows = tokenize_examples(tokenizer, examples, mask_prompt)
+    _check_fits(model, [ids for ids, _ in rows], "examples")
+    optimizer = adamw(model, learning_rate, weight_decay)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
@@ -421,9 +470,10 @@ def train_lm(model, tokenizer, examples: list[tuple[str, str]], steps: int, batc
 @torch.no_grad()
 def mean_nll(model, tokenizer, texts: list[str], batch_size: int = 256) -> float:
     """Mean negative log-likelihood per predicted token (every token after BOS, EOS included)."""
-    if not texts:
-        raise ValueError("perplexity needs at least one text")
-    device = next(model.parameters()).device
+    device = check_model(model, tokenizer, "mean_nll")
+    texts = check_texts("texts", texts, "texts")
+    check_int("batch_size", batch_size, 1, "e.g. 256")
+    _check_fits(model, [[0, 0] + ids for ids in _ids(tokenizer, texts)], "texts")  # + BOS and EOS
     total, count = 0.0, 0
     for i in range(0, len(texts), batch_size):
         batch = lm_batch(tokenizer, [("", t) for t in texts[i:i + batch_size]], False, device)

@@ -9,7 +9,7 @@ something, raise ``ValueError`` naming the argument and the shapes it got.
 * masked statistics -- :func:`masked_sum`, :func:`masked_mean`, :func:`masked_var`,
   :func:`masked_whiten`, :func:`explained_variance`;
 * distributions -- :func:`selective_log_softmax` (token log-probabilities),
-  :func:`entropy_from_logits`, :func:`kl_estimate` (Schulman's k1 / k2 / k3);
+  :func:`entropy_from_logits`, :func:`logprobs_and_entropy` (both from one log-softmax), :func:`kl_estimate` (Schulman's k1 / k2 / k3);
 * batching -- :func:`pad_left`, :func:`pad_right`, :func:`last_token_index`,
   :func:`position_ids_from_mask`.
 
@@ -172,6 +172,20 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp.masked_fill(torch.isneginf(logp), 0.0)).sum(-1)
+
+
+def logprobs_and_entropy(logits: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log_softmax(logits)[..., index], entropy)`` from one log-softmax, in float32: what a
+    policy-gradient update needs of each chosen token. ``logits [..., V]``, ``index [...]``.
+
+    Naive equivalent: ``(selective_log_softmax(logits, index), entropy_from_logits(logits))``.
+    """
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(f"logprobs_and_entropy: index must have the shape of logits without its last "
+                         f"axis, got logits {tuple(logits.shape)}, index {tuple(index.shape)}")
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(logp.exp() * logp.masked_fill(torch.isneginf(logp), 0.0)).sum(-1)
+    return logp.gather(-1, index.unsqueeze(-1)).squeeze(-1), entropy
 
 
 KL_ESTIMATORS = ("k1", "k2", "k3")

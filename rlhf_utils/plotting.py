@@ -127,3 +127,25 @@ def plot_distributions(ax, samples: Mapping[str, np.ndarray], bins: int = 30, ti
     ax.set(title=title)
     ax.legend()
     return ax
+
+
+def plot_frontier(ax, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                  labels: Mapping[str, Sequence] | None = None, styles: Mapping[str, str] | None = None,
+                  start: float | None = None, title: str = "gold reward against KL from the reference"):
+    """The reward-vs-KL frontier, as the DPO paper's IMDb figure (Rafailov et al. 2023, fig. 2): one
+    curve per method through its ``(kl, gold)`` points (one per setting: a step, a beta, an n), in
+    the order given. ``labels[name]`` writes each point's setting beside it; ``styles[name]`` is a
+    matplotlib format (default ``"o-"``); ``start``, the reference policy's gold, a dotted line."""
+    for name, (kl, gold) in curves.items():
+        kl, gold = np.asarray(kl, dtype=float), np.asarray(gold, dtype=float)
+        if kl.ndim != 1 or kl.shape != gold.shape or not kl.size:
+            raise ValueError(f"plot_frontier: {name!r} needs as many KL values as gold values (at least one), "
+                             f"got shapes {kl.shape} and {gold.shape}")
+        (line,) = ax.plot(kl, gold, (styles or {}).get(name, "o-"), ms=4, label=name)
+        for x, y, text in zip(kl, gold, (labels or {}).get(name, ())):
+            ax.annotate(str(text), (x, y), fontsize=6, xytext=(2, 3), textcoords="offset points", color=line.get_color())
+    if start is not None:
+        ax.axhline(start, ls=":", c="gray", lw=0.8, label="reference policy (SFT)")
+    ax.set(xlabel="KL(pi || pi_ref), nats", ylabel="gold reward", title=title)
+    ax.legend(fontsize=7)
+    return ax

@@ -51,16 +51,20 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
 
 from rlhf_utils import lm, rl
+from rlhf_utils.checks import check_int, check_texts
 from rlhf_utils.config import PPOConfig, get_device, get_dtype
-from rlhf_utils.ops import (entropy_from_logits, explained_variance, kl_estimate, masked_sum, masked_whiten,
-                            selective_log_softmax)
+from rlhf_utils.ops import explained_variance, kl_estimate, logprobs_and_entropy, masked_mean, masked_sum, masked_whiten
 from rlhf_utils.reward_shaping import (AdaptiveKLController, FixedKLController, apply_missing_eos_penalty,
                                        kl_penalty_rewards)
 from rlhf_utils.value_head import PolicyWithValueHead, check_forward_matches
 
 RewardFn = Callable[[list[str], list[str]], "torch.Tensor | Sequence[float]"]
+
+STAT_NAMES = ("policy/approx_kl", "policy/clipfrac", "policy/entropy", "loss/policy", "loss/value", "val/clipfrac")
+"""the update's statistics, each the mean over minibatches of a token mean"""
 
 # --------------------------------------------------------------------------------------
 # Rollouts
@@ -137,7 +141,10 @@ class PPOTrainer:
             accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if bf16 else "no")
         self.accelerator = acc = accelerator
         self.device, self.world_size, self.rank = acc.device, acc.num_processes, acc.process_index
-        self.tokenizer, self.prompts, self.reward, self.extra_metrics = tokenizer, list(prompts), reward, extra_metrics
+        if not isinstance(config, PPOConfig):
+            raise TypeError(f"config must be a rlhf_utils.config.PPOConfig, got {type(config).__name__}")
+        prompts = check_texts("prompts", prompts, "prompts")  # one str would be read as its characters
+        self.tokenizer, self.prompts, self.reward, self.extra_metrics = tokenizer, prompts, reward, extra_metrics
         self._check_sizes()
         self._check_reward(reward)
         self._check_prompts(policy)
@@ -167,16 +174,13 @@ class PPOTrainer:
         self.shuffle_gen = torch.Generator().manual_seed(c.seed + 2_000_003 * (self.rank + 1))
         self.step_count = 0
         self.total_steps = c.steps  # length of the learning-rate schedule
+        self.timing: dict[str, float] = {}  # seconds of the last rollout's sampling
         self.history: list[dict] = []
 
     # ---- checks -----------------------------------------------------------------------
 
     def _check_sizes(self) -> None:
-        c, w = self.config, self.world_size
-        if c.num_minibatches < 1 or c.batch_size % c.num_minibatches:
-            divisors = [d for d in range(1, c.batch_size + 1) if c.batch_size % d == 0]
-            raise ValueError(f"num_minibatches={c.num_minibatches} does not divide batch_size={c.batch_size}: "
-                             f"every rollout must split into whole minibatches. Pick one of {divisors}.")
+        c, w = self.config, self.world_size  # the config checked itself; here: what the processes add
         mini = c.batch_size // c.num_minibatches
         if c.batch_size % w or mini % (w * c.gradient_accumulation_steps):
             raise ValueError(
@@ -184,8 +188,11 @@ class PPOTrainer:
                 f"minibatch of batch_size / num_minibatches = {mini} (and batch_size={c.batch_size}) must be a "
                 f"multiple of {w * c.gradient_accumulation_steps}: change num_minibatches, "
                 "gradient_accumulation_steps or the number of processes.")
-        if not self.prompts:
-            raise ValueError("No prompts to train on: pass a non-empty list (e.g. World().prompts(n)).")
+        if c.advantage_estimator != "gae" and (c.group_size < 2 or (c.batch_size // w) % c.group_size):
+            raise ValueError(
+                f"advantage_estimator={c.advantage_estimator!r} takes its baseline from the other completions of a "
+                f"prompt: group_size={c.group_size} must be at least 2 and divide the per-process batch "
+                f"{c.batch_size // w} (e.g. group_size=4 with batch_size=64), or use advantage_estimator='gae'.")
 
     def _check_reward(self, reward) -> None:
         if hasattr(reward, "tokenizer"):
@@ -249,14 +256,31 @@ class PPOTrainer:
         """The reward's scores ``[B]`` (float32, on this trainer's device)."""
         s = self.reward.score(prompts, completions) if hasattr(self.reward, "score") else self.reward(prompts,
                                                                                                       completions)
-        return torch.as_tensor(s, dtype=torch.float32).to(self.device).reshape(len(prompts))
+        s = torch.as_tensor(s, dtype=torch.float32).to(self.device)
+        if s.numel() != len(prompts):
+            raise ValueError(f"the reward gave {s.numel()} scores (shape {tuple(s.shape)}) for {len(prompts)} "
+                             "completions: it must return one score per (prompt, completion)")
+        return s.reshape(len(prompts))
 
     def next_prompts(self) -> list[str]:
-        """This process's share of the next batch of prompts (drawn with replacement)."""
+        """This process's share of the next batch of prompts (drawn with replacement), each one
+        ``group_size`` times in a row (a group: the critic-free methods' baseline)."""
         c = self.config
-        idx = torch.randint(len(self.prompts), (c.batch_size,), generator=self.prompt_gen)
+        idx = torch.randint(len(self.prompts), (c.batch_size // c.group_size,), generator=self.prompt_gen)
+        idx = idx.repeat_interleave(c.group_size)
         local = c.batch_size // self.world_size
         return [self.prompts[i] for i in idx[self.rank * local:(self.rank + 1) * local].tolist()]
+
+    # ---- the policy's forward ------------------------------------------------------------
+
+    def policy_outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int,
+                       response_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logprobs, entropy, values)``, each ``[B, R]``, of the responses in a ``[prompt |
+        response]`` batch whose last prompt token is at column ``start``: one pass of the
+        transformer, the log-softmax taken once at the sampling temperature."""
+        logits, values = self.model(input_ids, attention_mask, start)  # [B, R, V], [B, R]
+        logprobs, entropy = logprobs_and_entropy(logits.float() / self.config.temperature, response_ids)
+        return logprobs, entropy, values.float()
 
     # ---- 1-2. rollout and score -------------------------------------------------------
 
@@ -265,23 +289,29 @@ class PPOTrainer:
         """Sample completions, score them, and record what the update needs."""
         c, model = self.config, self.accelerator.unwrap_model(self.model)
         fp32 = self.accelerator.mixed_precision == "no"
+        t0 = time.perf_counter()
         with self.accelerator.autocast():
-            s = lm.sample(model.lm, self.tokenizer, prompts, c.max_new_tokens, temperature=c.temperature,
-                          generator=self.sample_gen, with_hidden=fp32)
-            if fp32:
-                # the sampler's KV-cache steps computed what a full pass would (to float rounding):
-                # reuse its log-probs, and its hidden states for the values, as lm-human-preferences
-                # does -- no second pass through the policy.
-                logprobs = s.logprobs
-                values = model.v_head(s.hidden.to(model.v_head.weight.dtype)).squeeze(-1)
-            else:  # bf16: recompute both in one full pass, so the first update's ratio is exactly 1
-                input_ids = torch.cat([s.prompt_ids, s.response_ids], 1)  # [B, P+R]
-                attention_mask = torch.cat([s.prompt_mask, s.response_mask], 1)  # [B, P+R]
-                logits, values = model(input_ids, attention_mask, s.prompt_ids.shape[1] - 1)
-                logprobs = selective_log_softmax(logits / c.temperature, s.response_ids) * s.response_mask
-            ref_logprobs = self.reference_logprobs(s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
+            with record_function("ppo/rollout/sample"):
+                s = lm.sample(model.lm, self.tokenizer, prompts, c.max_new_tokens, temperature=c.temperature,
+                              generator=self.sample_gen, with_hidden=fp32)
+            self.timing["time/sample"] = time.perf_counter() - t0
+            with record_function("ppo/rollout/values"):
+                if fp32:
+                    # the sampler's KV-cache steps computed what a full pass would (to float rounding):
+                    # reuse its log-probs, and its hidden states for the values, as lm-human-preferences
+                    # does -- no second pass through the policy.
+                    logprobs = s.logprobs
+                    values = model.v_head(s.hidden.to(model.v_head.weight.dtype)).squeeze(-1)
+                else:  # bf16: recompute both in one full pass, so the first update's ratio is exactly 1
+                    input_ids = torch.cat([s.prompt_ids, s.response_ids], 1)  # [B, P+R]
+                    attention_mask = torch.cat([s.prompt_mask, s.response_mask], 1)  # [B, P+R]
+                    logprobs, _, values = self.policy_outputs(input_ids, attention_mask, s.prompt_ids.shape[1] - 1,
+                                                              s.response_ids)
+            with record_function("ppo/rollout/reference"):
+                ref_logprobs = self.reference_logprobs(s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
         mask = s.response_mask.float()
-        scores = apply_missing_eos_penalty(self.score(prompts, s.texts), s.ended, c.missing_eos_penalty)
+        with record_function("ppo/rollout/reward"):
+            scores = apply_missing_eos_penalty(self.score(prompts, s.texts), s.ended, c.missing_eos_penalty)
         return Rollout(list(prompts), s.texts, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask,
                        logprobs.float() * mask, ref_logprobs.float() * mask, values.float() * mask, scores, s.ended)
 
@@ -289,14 +319,24 @@ class PPOTrainer:
 
     def advantages(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(advantages, returns, non_score_rewards)``, each ``[B, R]``: the KL-shaped rewards,
-        GAE over the response tokens, and whitening over the global batch."""
+        then GAE over the response tokens (``advantage_estimator="gae"``) or one advantage per
+        completion from its group (``"rloo"``, ``"grpo"``; returns are then 0: no critic), and
+        whitening over the global batch (``norm_adv``)."""
         c = self.config
         mask = ro.response_mask.float()  # [B, R]
         rewards, non_score = kl_penalty_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, mask,
                                                 self.kl_ctl.value, c.kl_estimator)
+        if c.kl_in == "loss":  # the KL is in the loss instead (still reported as non_score)
+            rewards = rewards - non_score
         if c.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False, all_reduce_sum=self._sum)
-        advantages, returns = rl.token_gae_advantages(rewards, ro.values, mask, c.gamma, c.gae_lambda)
+        if c.advantage_estimator == "gae":
+            advantages, returns = rl.token_gae_advantages(rewards, ro.values, mask, c.gamma, c.gae_lambda)
+        else:  # the sequence's reward (score and KL penalty), one advantage for each of its tokens
+            sequence = rewards.sum(1)  # [B]
+            per_completion = (rl.rloo_advantages(sequence, c.group_size) if c.advantage_estimator == "rloo"
+                              else rl.grpo_advantages(sequence, c.group_size, c.scale_rewards))
+            advantages, returns = per_completion[:, None] * mask, torch.zeros_like(mask)
         if c.norm_adv:
             advantages = masked_whiten(advantages, mask, all_reduce_sum=self._sum)
         self._check_finite(advantages=advantages, returns=returns)
@@ -310,20 +350,16 @@ class PPOTrainer:
         moving the KL controller."""
         c = self.config
         self._check_finite(scores=ro.scores, logprobs=ro.logprobs, ref_logprobs=ro.ref_logprobs, values=ro.values)
-        advantages, returns, non_score = self.advantages(ro)
+        with record_function("ppo/advantages"):
+            advantages, returns, non_score = self.advantages(ro)
         if c.anneal_lr:  # linearly to 0 over the run (train(steps=...) sets its length)
             for group in self.optimizer.param_groups:
                 group["lr"] = c.learning_rate * max(0.0, 1.0 - self.step_count / self.total_steps)
         mask = ro.response_mask.float()  # [B, R]
-        input_ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)  # [B, P+R]
-        attention_mask = torch.cat([ro.prompt_mask, ro.response_mask], 1)  # [B, P+R]
-        start = ro.prompt_ids.shape[1] - 1  # the last prompt token predicts the first response token
         local_mini = c.batch_size // c.num_minibatches // self.world_size
         micro = local_mini // c.gradient_accumulation_steps
-        sums = dict.fromkeys(["policy/approx_kl", "policy/clipfrac", "policy/entropy", "loss/policy",
-                              "loss/value", "val/clipfrac"], 0.0)
-        n_minibatches = 0
-        for _ in range(c.update_epochs):
+        sums = torch.zeros(len(STAT_NAMES), dtype=torch.float64)
+        for epoch in range(c.update_epochs):
             order = torch.randperm(len(ro), generator=self.shuffle_gen)
             for lo in range(0, len(ro), local_mini):
                 mb = order[lo:lo + local_mini]
@@ -333,38 +369,18 @@ class PPOTrainer:
                 num_tokens = self._sum(mask[mb].sum()) / self.world_size
                 self.optimizer.zero_grad(set_to_none=True)
                 for k in range(c.gradient_accumulation_steps):
-                    j = mb[k * micro:(k + 1) * micro]
-                    m = mask[j]
-                    share = m.sum() / num_tokens  # this micro-batch's share of the minibatch's tokens
+                    rows = mb[k * micro:(k + 1) * micro]
                     last = k == c.gradient_accumulation_steps - 1
                     with (contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)), \
-                            self.accelerator.autocast():
-                        logits, vpred = self.model(input_ids[j], attention_mask[j], start)  # [b, R, V], [b, R]
-                        logits = logits.float() / c.temperature
-                        new_logprobs = selective_log_softmax(logits, ro.response_ids[j])  # [b, R]
-                        pg_loss = share * rl.ppo_policy_loss(new_logprobs, ro.logprobs[j], advantages[j],
-                                                             c.clip_coef, m)
-                        vf_loss = share * rl.ppo_value_loss(vpred.float(), ro.values[j], returns[j],
-                                                            c.vf_clip_coef, m)
-                        with torch.set_grad_enabled(bool(c.ent_coef)):
-                            entropy = masked_sum(entropy_from_logits(logits), m) / num_tokens
-                        loss = pg_loss + c.vf_coef * vf_loss - c.ent_coef * entropy
-                        self._check_finite(loss=loss)
-                        self.accelerator.backward(loss)
-                    sums["policy/approx_kl"] += rl.approx_kl(new_logprobs, ro.logprobs[j], m) * float(share)
-                    sums["policy/clipfrac"] += rl.clip_fraction(new_logprobs, ro.logprobs[j], c.clip_coef, m) * float(share)
-                    sums["policy/entropy"] += float(entropy.detach())
-                    sums["loss/policy"] += float(pg_loss.detach())
-                    sums["loss/value"] += float(vf_loss.detach())
-                    if c.vf_clip_coef is not None:
-                        sums["val/clipfrac"] += rl.value_clip_fraction(vpred.float(), ro.values[j], returns[j],
-                                                                       c.vf_clip_coef, m) * float(share)
-                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-                self._check_finite(grad_norm=torch.as_tensor(grad_norm))
-                self.optimizer.step()
-                n_minibatches += 1
+                            self.accelerator.autocast(), record_function(f"ppo/update/epoch{epoch}"):
+                        sums += self._micro_batch_step(ro, rows, advantages, returns, num_tokens, local_mini)
+                with record_function("ppo/update/optimizer"):
+                    grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                    self._check_finite(grad_norm=torch.as_tensor(grad_norm))
+                    self.optimizer.step()
 
-        stats = {k: v / n_minibatches for k, v in sums.items()}
+        n_minibatches = c.update_epochs * c.num_minibatches
+        stats = dict(zip(STAT_NAMES, (sums / n_minibatches).tolist()))
         kl = {name: float(masked_sum(kl_estimate(ro.logprobs, ro.ref_logprobs, name), mask, dim=1).mean())
               for name in ("k1", "k2", "k3")}  # per sequence
         stats.update({
@@ -373,12 +389,72 @@ class PPOTrainer:
             "objective/non_score_reward": float(non_score.sum(1).mean()),
             "objective/rlhf_reward": float((ro.scores + non_score.sum(1)).mean()),
             "objective/kl_coef": self.kl_ctl.value,
-            "val/explained_variance": explained_variance(ro.values, returns, mask),
+            "val/explained_variance": (explained_variance(ro.values, returns, mask)
+                                       if c.advantage_estimator == "gae" else float("nan")),
             "val/eos_fraction": float(ro.ended.float().mean()),
             "objective/response_length": float(mask.sum(1).mean()),
             "charts/learning_rate": self.optimizer.param_groups[0]["lr"],
         })
         return self._mean_over_processes(stats)
+
+    def _micro_batch_step(self, ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+                          num_tokens: torch.Tensor, n_sequences: int) -> torch.Tensor:
+        """Forward and backward of the loss on the sequences ``rows``, part of a minibatch of
+        ``n_sequences`` sequences holding ``num_tokens`` tokens; returns their share of the
+        step's statistics (:data:`STAT_NAMES`).
+
+        The token losses are averaged as ``loss_aggregation`` says, through per-token weights
+        and a scale, so that the micro-batches of a minibatch add up to its loss: "token" --
+        weights 1, scale = this micro-batch's share of the tokens; "sequence" -- weights
+        1 / length, scale = its share of the sequences; "constant" -- weights 1, scale = its
+        tokens over ``n_sequences * max_new_tokens``.
+
+        Only the columns that hold a real token of these rows are computed: padding is masked
+        out of attention and loss, so the columns that are padding in every row change nothing
+        but the cost (``tests/test_ppo.py`` checks the update against an untrimmed reference).
+        """
+        c = self.config
+        prompt_mask, response_mask = ro.prompt_mask[rows], ro.response_mask[rows]
+        first = int(prompt_mask.any(0).float().argmax())  # the first prompt column any of these rows uses
+        width = int(response_mask.sum(1).max())  # the longest of these responses
+        P = ro.prompt_ids.shape[1]
+        input_ids = torch.cat([ro.prompt_ids[rows, first:], ro.response_ids[rows, :width]], 1)
+        attention_mask = torch.cat([prompt_mask[:, first:], response_mask[:, :width]], 1)
+        m = response_mask[:, :width].float()  # [b, R']
+        old_logprobs, old_values = ro.logprobs[rows, :width], ro.values[rows, :width]
+        adv, ret = advantages[rows, :width], returns[rows, :width]
+
+        logprobs, entropy, values = self.policy_outputs(input_ids, attention_mask, P - 1 - first,
+                                                        ro.response_ids[rows, :width])
+        share = m.sum() / num_tokens  # these rows' share of the minibatch's tokens
+        if c.loss_aggregation == "token":
+            weights, scale = m, share
+        elif c.loss_aggregation == "sequence":
+            weights, scale = m / m.sum(1, keepdim=True), len(rows) / n_sequences
+        else:  # "constant"
+            weights, scale = m, m.sum() / (n_sequences * c.max_new_tokens)
+        pg_loss = scale * rl.ppo_policy_loss(logprobs, old_logprobs, adv, c.clip_coef, weights)
+        loss = pg_loss
+        vf_loss = torch.zeros(())
+        if c.advantage_estimator == "gae":  # the critic-free methods train no value head
+            vf_loss = scale * rl.ppo_value_loss(values, old_values, ret, c.vf_clip_coef, weights)
+            loss = loss + c.vf_coef * vf_loss
+        if c.kl_in == "loss":  # GRPO: beta * KL(pi || pi_ref), estimated on these samples, differentiated
+            kl = kl_estimate(logprobs, ro.ref_logprobs[rows, :width], c.kl_estimator)
+            loss = loss + self.kl_ctl.value * scale * masked_mean(kl, weights)
+        entropy = masked_sum(entropy, m) / num_tokens
+        if c.ent_coef:  # without the bonus, no backward pass through the entropy
+            loss = loss - c.ent_coef * entropy
+        self._check_finite(loss=loss)
+        self.accelerator.backward(loss)
+        share = float(share)
+        return torch.tensor([
+            rl.approx_kl(logprobs, old_logprobs, m) * share,
+            rl.clip_fraction(logprobs, old_logprobs, c.clip_coef, m) * share,
+            float(entropy.detach()), float(pg_loss.detach()), float(vf_loss.detach()),
+            0.0 if c.vf_clip_coef is None or c.advantage_estimator != "gae"
+            else rl.value_clip_fraction(values, old_values, ret, c.vf_clip_coef, m) * share,
+        ], dtype=torch.float64)
 
     def step(self) -> dict[str, float]:
         """One PPO iteration: rollout, score, update, move beta. Returns the step's statistics."""
@@ -392,7 +468,7 @@ class PPOTrainer:
         self.kl_ctl.update(stats["objective/kl"], self.config.batch_size)
         self.step_count += 1
         stats.update({"step": self.step_count, "time/rollout": t1 - t0, "time/update": t2 - t1,
-                      "time/step": time.perf_counter() - t0})
+                      "time/step": time.perf_counter() - t0, **self.timing})
         self.history.append(stats)
         return stats
 
@@ -403,7 +479,8 @@ class PPOTrainer:
         (live plots); with ``save_dir`` and ``save_every``, a checkpoint every so many steps."""
         from tqdm.auto import tqdm
 
-        total = self.config.steps if steps is None else steps
+        total = self.config.steps if steps is None else check_int("steps", steps, 1)
+        check_int("save_every", save_every, 0)
         self.total_steps = max(total, 1)
         bar = tqdm(total=total, initial=self.step_count, desc="PPO",
                    disable=not progress or not self.accelerator.is_main_process)
@@ -443,6 +520,8 @@ class PPOTrainer:
 
 
 if __name__ == "__main__":  # python -m rlhf_utils.ppo: the command line lives in ppo_cli
+    import sys
+
     from rlhf_utils.ppo_cli import main
 
-    main()
+    sys.exit(main())

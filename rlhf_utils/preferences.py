@@ -4,6 +4,11 @@ What the reward model (and DPO) train on. :func:`load_preference_pairs` reads a
 preference file written by notebook 04 (corrections applied; skips, "both bad" and blind
 repeats dropped), :func:`split_pairs` holds some out. A name starting with ``simulated``
 is the simulated annotator; any other is a person (:func:`is_reader`).
+
+:func:`write_trl_preferences` writes the same judgements in TRL's standard preference
+format (JSON lines with ``prompt``, ``chosen``, ``rejected``), a file TRL's ``DPOTrainer``
+and ``RewardTrainer`` take as it is (``datasets.load_dataset("json", data_files=...)``);
+:func:`load_trl_preferences` reads such a file back as :class:`PreferencePair` s.
 """
 
 from __future__ import annotations
@@ -87,6 +92,71 @@ def load_preference_pairs(path: str | Path | None = None, include_calibration: b
             f"{path} holds no pairwise judgement with a verdict (a, b or tie): run notebook 04 "
             "and rate some pairs (or let its simulated annotator label them).")
     return pairs
+
+
+TRL_SEPARATOR = " "
+"""put before each completion in a TRL file: TRL tokenizes ``prompt + chosen``, so the space keeps the word boundary"""
+
+
+def write_trl_preferences(path: str | Path, judgements: Sequence[dict], separator: str = TRL_SEPARATOR) -> Path:
+    """Write live pairwise ``judgements`` as a TRL preference file: one JSON object per line,
+    ``{"prompt", "chosen", "rejected", "annotator", "item"}`` (atomically: temp file, rename).
+
+    The rows are :func:`rlhf_utils.feedback.to_preference_dataset`'s: verdicts ``a`` / ``b``
+    only (TRL has no tie; ties, "both bad" and skips are left out), no calibration pairs, no
+    blind repeats, each completion starting with ``separator``. Returns the path.
+    """
+    import json
+    import os
+
+    from rlhf_utils import feedback
+
+    rows = feedback.to_preference_dataset(judgements, separator=separator)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_trl_preferences(path: str | Path, separator: str = TRL_SEPARATOR) -> list[PreferencePair]:
+    """A TRL preference file (JSON lines with ``prompt``, ``chosen``, ``rejected``, as
+    :func:`write_trl_preferences` writes) -> :class:`PreferencePair` s, read with
+    ``datasets.load_dataset("json", ...)``.
+
+    One leading ``separator`` is taken off each completion (the one the writer added), so
+    writing and loading gives back the pairs. Every pair is strict (``tie=False``); the
+    ``annotator`` column is kept where the file has one (else ``"trl"``). TRL's
+    conversational format (lists of messages) is refused: apply the chat template first.
+    """
+    from datasets import load_dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No TRL preference file at {path}: notebook 04 writes one beside "
+                                "preferences.jsonl (preferences.write_trl_preferences).")
+    if not path.read_bytes().strip():
+        raise ValueError(f"{path} is empty: it holds no preference pair (prompt, chosen, rejected).")
+    rows = load_dataset("json", data_files=str(path), split="train")
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in rows.column_names]
+    if missing:
+        raise ValueError(f"{path} is not in TRL's standard preference format: no column(s) {missing} "
+                         f"(it has {rows.column_names}); each line needs prompt, chosen and rejected.")
+    if not isinstance(rows[0]["chosen"], str):
+        raise ValueError(f"{path} is in TRL's conversational format (lists of messages): apply the chat "
+                         "template to get plain-text prompt, chosen and rejected first.")
+
+    def strip(text: str) -> str:
+        return text[len(separator):] if separator and text.startswith(separator) else text
+
+    annotators = rows["annotator"] if "annotator" in rows.column_names else ["trl"] * len(rows)
+    return [PreferencePair(p, strip(c), strip(r), tie=False, annotator=a)
+            for p, c, r, a in zip(rows["prompt"], rows["chosen"], rows["rejected"], annotators)]
 
 
 def min_pairs_needed(eval_fraction: float) -> int:

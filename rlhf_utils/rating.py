@@ -7,26 +7,20 @@ They can be driven without a screen -- the unit tests and the headless course ru
 exactly that. :mod:`rlhf_utils.widgets` lays out stock ipywidgets and wires each button
 to one of these handlers.
 
-What a session does for the rater:
-
-* **pairwise**: the prompt once, completions A and B side by side, the words where
-  they differ highlighted (``difflib`` over words, HTML ``<mark>``); verdicts *A is
-  better*, *B is better*, *Tie*, *Both bad* (kept apart from a tie), *Skip*. Which
-  completion is shown as A is random per pair (seeded by the pair's key, so stable
-  across restarts) and recorded as ``swapped``: the stored ``choice`` is always in the
-  pair's own order, so position bias is *measured*, not baked in.
-* **score**: one completion and a 1-5 satisfaction score (the form of human feedback the
-  source article names).
-* **Undo last** retracts the rater's latest judgement with a correction record and shows
-  that item again; **Back** goes to any earlier item, and a new verdict there is a
-  re-rating that supersedes the old one. The store is never rewritten.
-* progress (done of total, skipped), pace (seconds per judgement) and the rater's name
-  (asked once, in the guidelines panel) are on screen and on every record.
-* **resume**: items are keyed by a hash of prompt and completions; after a kernel
-  restart a new session skips what this rater already judged ("resumed at 37/200").
-* **calibration** pairs with a known gold answer come first; the rater's score on them
-  is reported. About one pair in ten is shown again later, **blind**, to measure each
-  rater's agreement with themself.
+What a session does for the rater: **pairwise** -- the prompt once, completions A and B
+side by side, the words where they differ marked; verdicts *A is better*, *B is better*,
+*Tie*, *Both bad* (kept apart from a tie), *Skip*. Which completion is shown as A is a coin
+flip seeded by the pair's key (stable across restarts), recorded as ``swapped``: the stored
+``choice`` is in the pair's own order, so position bias is *measured*, not baked in.
+**score** -- one completion and a 1-5 satisfaction score. **Undo last** retracts the latest
+judgement with a correction record; **Back** goes to an earlier item, where a new verdict
+supersedes the old one (the store is never rewritten). Progress, pace and the rater's name
+are on screen and on every record. **The rater** is one per store, shared by both widgets
+and remembered across kernel restarts (:class:`rlhf_utils.feedback.Rater`); items are keyed
+by a hash of prompt and completions, so a new kernel resumes as the same rater where they
+stopped ("Resumed at 37/200"). **Calibration** pairs with a known answer come first (never
+one with an empty completion); about one pair in ten comes back later, **blind**, to
+measure each rater's agreement with themself.
 """
 
 from __future__ import annotations
@@ -41,31 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from rlhf_utils.annotators import self_agreement
-from rlhf_utils.feedback import READER, FeedbackStore, item_key, live_judgements, pair_record, score_record, undo_record
+from rlhf_utils.checks import check_int, check_tuples
+from rlhf_utils.feedback import (FeedbackStore, check_rater_name, item_key, live_judgements, pair_record, rater_of,
+                                 score_record, undo_record)
 
-VERDICTS = {  # display verdict -> (button text, key)
-    "A": ("A is better", "1"),
-    "B": ("B is better", "2"),
-    "tie": ("Tie", "3"),
-    "both_bad": ("Both bad", "4"),
-    "skip": ("Skip", "0"),
-}
+VERDICTS = {"A": ("A is better", "1"), "B": ("B is better", "2"), "tie": ("Tie", "3"),  # verdict -> (button, key)
+            "both_bad": ("Both bad", "4"), "skip": ("Skip", "0")}
 BACKSPACE = "Backspace"
 SCORE_LABELS = {1: "very unsatisfied", 2: "unsatisfied", 3: "neutral", 4: "satisfied", 5: "very satisfied"}
-
-GUIDELINES = """
-<b>How to judge.</b> Each item is the opening of a review (the <i>prompt</i>) and the model's
-continuation(s). Prefer the continuation that
-<ul>
-<li>is <b>more positive</b> about the thing reviewed (the course's task: steer the model to praise);</li>
-<li>reads as <b>fluent English</b>: no doubled words ("great great"), no broken or jumbled sentences;</li>
-<li>stays <b>on topic</b> (a film review should not talk about the pasta).</li>
-</ul>
-<b>Tie</b>: equally good. <b>Both bad</b>: neither is acceptable (kept apart from a tie).
-<b>Skip</b>: you cannot tell. Which side is A is random; words that differ are <mark>marked</mark>.
-The first few pairs are <i>calibration</i> pairs with a known answer; about one pair in ten comes
-back later, blind, to see how consistent you are. Take your time: speed is measured, not judged.
-"""
 
 
 # --------------------------------------------------------------------------------------
@@ -100,12 +77,16 @@ def _coin(*parts: Any) -> bool:
     return hashlib.sha256(repr(parts).encode()).digest()[0] & 1 == 1
 
 
-def _last_annotator(store: FeedbackStore) -> str | None:
-    """The rater of the store's latest record (so the name is asked only once)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # reported when the session starts
-        records = store.records()
-    return records[-1]["annotator"] if records else None
+EMPTY = "<i class='rlhf-empty'>(empty)</i>"
+"""What an empty completion shows as (an empty box would look like a display fault)."""
+
+
+def _sources(sources: Any, n: int, what: str) -> list[dict]:
+    listed = [dict(sources or {})] * n if isinstance(sources, dict) or sources is None else list(sources)
+    if len(listed) != n or not all(isinstance(x, dict) for x in listed):
+        raise ValueError(f"sources must be one dict for all, or one dict per {what}: got {len(listed)} "
+                         f"item(s) for {n} {what}(s)")
+    return listed
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +125,13 @@ class Session:
                  annotator: str | None = None, clock: Callable[[], float] = time.monotonic):
         self.store = store if isinstance(store, FeedbackStore) else FeedbackStore(store)
         self.entries = entries
-        self.annotator = annotator or _last_annotator(self.store) or READER  # asked once: remembered
+        # one rater per store, shared with the other widget and remembered across restarts
+        self.rater = rater_of(self.store)
+        if annotator is not None:
+            self.rater.set(annotator)
+        self.rater.resolve(self.store, {e.key for e in entries})
+        self.rater.listen(self._rater_changed)
+        self.on_rater_change: list[Callable[[], None]] = []  # display callbacks (the name box)
         self.store_warnings: list[str] = []
         self.clock = clock
         self.started = False
@@ -161,6 +148,22 @@ class Session:
     @staticmethod
     def _no_samples() -> str:
         return "No samples to rate yet: run the cell that samples completions first."
+
+    @property
+    def annotator(self) -> str:
+        """The rater's name (shared by every session on this store)."""
+        return self.rater.name
+
+    def _rater_changed(self) -> None:
+        """The rater's name was changed (here or in another widget): show their own progress."""
+        self._store_stamp = None
+        self.refresh()
+        if self.started and self.entries:
+            self._move(self._first_undone())
+            self.message = f"Rating as {self.annotator}: {self.n_done}/{len(self.entries)} done."
+        for callback in list(self.on_rater_change):
+            callback()
+        self._changed()
 
     def _dkey(self, entry: Entry) -> tuple[str, bool]:
         return (entry.key, entry.role == "repeat")
@@ -244,8 +247,8 @@ class Session:
 
     def start(self, annotator: str | None = None) -> str:
         """Leave the guidelines: set the rater's name, load their judgements, resume."""
-        if annotator is not None and annotator.strip():
-            self.annotator = annotator.strip()
+        if annotator is not None and (not isinstance(annotator, str) or annotator.strip()):
+            self.rater.set(check_rater_name(annotator))  # a blank name box keeps the name
         self.started = True
         self._store_stamp = None
         self.refresh()
@@ -339,6 +342,7 @@ class Session:
 
     def go_to(self, index: int) -> None:
         """Show item ``index`` (0-based); a verdict there replaces the earlier one."""
+        check_int("index", index, None, "the item's position, 0-based")
         if not self.started or not self.entries:
             self._guard()
             return
@@ -393,9 +397,16 @@ class PairwiseSession(Session):
     def __init__(self, pairs: Sequence[Sequence[str]], store, annotator: str | None = None, *,
                  calibration: Sequence[Sequence[str]] = (), repeat_every: int = 10, repeat_gap: int = 5,
                  sources: dict | Sequence[dict] | None = None, seed: int = 0, clock=time.monotonic):
-        pairs = [tuple(p) for p in pairs]
-        if isinstance(sources, dict) or sources is None:
-            sources = [dict(sources or {})] * len(pairs)
+        pairs = check_tuples("pairs", pairs, 3, "(prompt, completion_a, completion_b)")
+        calibration = check_tuples("calibration", calibration, 4, "(prompt, completion_a, completion_b, gold)")
+        sources = _sources(sources, len(pairs), "pair")
+        repeat_every, repeat_gap = check_int("repeat_every", repeat_every, 0), check_int("repeat_gap", repeat_gap, 1)
+        check_int("seed", seed, None)
+        if bad := [c for c in calibration if c[3] not in ("a", "b")]:
+            raise ValueError(f"calibration gold must be 'a' or 'b' (the better completion), got {bad[0][3]!r}")
+        # a calibration pair must have a clear answer: not an empty completion, not two equal ones
+        unclear = [c for c in calibration if not c[1].strip() or not c[2].strip() or c[1] == c[2]]
+        calibration = [c for c in calibration if c not in unclear]
         items, seen, dropped = [], set(), 0
         for (prompt, a, b, *gold), role, src in (
                 [(c, "calibration", {"calibration": True}) for c in calibration]
@@ -425,6 +436,9 @@ class PairwiseSession(Session):
         if dropped:
             self.message = (f"{dropped} duplicate pair(s) dropped: each pair is judged once "
                             "(blind repeats are added on purpose).")
+        if unclear:
+            self.message += (f" {len(unclear)} calibration pair(s) dropped: an empty completion, or two equal "
+                             "ones, has no clear answer.").lstrip()
 
     def _skipped(self, record: dict) -> bool:
         return record["choice"] == "skip"
@@ -436,7 +450,7 @@ class PairwiseSession(Session):
             return {"prompt": "", "left": "", "right": "", "label": ""}
         a, b = entry.completions
         left, right = (b, a) if entry.swapped else (a, b)
-        left_html, right_html = highlight_diff(left, right)
+        left_html, right_html = (x or EMPTY for x in highlight_diff(left, right))
         label = {"calibration": " (calibration)", "repeat": "", "item": ""}[entry.role]
         return {"prompt": html.escape(entry.prompt), "left": left_html, "right": right_html,
                 "label": f"Item {entry.index + 1} of {len(self.entries)}{label}"}
@@ -499,9 +513,8 @@ class ScoreSession(Session):
 
     def __init__(self, items: Sequence[Sequence[str]], store, annotator: str | None = None, *,
                  sources: dict | Sequence[dict] | None = None, clock=time.monotonic):
-        items = [tuple(i) for i in items]
-        if isinstance(sources, dict) or sources is None:
-            sources = [dict(sources or {})] * len(items)
+        items = check_tuples("items", items, 2, "(prompt, completion)")
+        sources = _sources(sources, len(items), "item")
         entries, seen = [], set()
         for (prompt, completion), src in zip(items, sources):
             key = item_key(prompt, completion)
@@ -520,12 +533,12 @@ class ScoreSession(Session):
         entry = self.current
         if entry is None:
             return {"prompt": "", "completion": "", "label": ""}
-        return {"prompt": html.escape(entry.prompt), "completion": html.escape(entry.completions[0]),
+        return {"prompt": html.escape(entry.prompt), "completion": html.escape(entry.completions[0]).strip() or EMPTY,
                 "label": f"Item {entry.index + 1} of {len(self.entries)}"}
 
     def score(self, value: int | None) -> dict | None:
         """The rater's 1-5 score of the completion on screen (None = skip)."""
-        if value is not None and value not in SCORE_LABELS:
+        if value is not None and (isinstance(value, bool) or value not in SCORE_LABELS):
             raise ValueError(f"score {value!r}: use 1-5, or None to skip")
         entry = self._guard()
         if entry is None:

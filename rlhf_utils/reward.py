@@ -48,9 +48,15 @@ Implementation details, in the order they happen:
 7. **Normalisation**: ``r_norm = gain * r + bias`` with gain and bias chosen so that
    the rewards of the SFT policy's own samples have mean 0 and std 1 (population std),
    as in lm-human-preferences (Ziegler et al. 2019). Stored with the model.
-8. **Saving**: a Hugging Face folder -- the backbone's ``config.json`` +
-   ``model.safetensors`` (``save_pretrained``), the tokenizer, ``reward_head.safetensors``
-   and ``reward_model.json`` (gain, bias, conventions). No pickle, no remote code.
+8. **Saving**: one folder -- the tokenizer (Hugging Face files), the backbone's weights
+   ``reward_backbone.safetensors``, the head ``reward_head.safetensors``, ``reward_model.json``
+   (gain, bias, conventions) and a ``config.json`` that names its own architecture
+   (``model_type: rlhf_utils.reward.RewardModel``, the backbone's config inside it). No
+   pickle, no remote code. Deliberately *not* loadable by a standard class: transformers'
+   ``AutoModelForSequenceClassification`` would read a plain backbone folder without error
+   and add a randomly initialised ``score`` head -- wrong rewards, silently. Here the Auto
+   classes refuse the unknown model type, and a concrete class finds no ``model.safetensors``;
+   :meth:`RewardModel.load` reads it (and the older ``rlhf_utils.reward/1`` folders).
 """
 
 from __future__ import annotations
@@ -73,7 +79,11 @@ from rlhf_utils.preferences import PreferencePair
 
 HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
-FORMAT = "rlhf_utils.reward/1"
+BACKBONE_FILE = "reward_backbone.safetensors"
+MODEL_TYPE = "rlhf_utils.reward.RewardModel"
+"""config.json's model_type: transformers' Auto classes refuse it, so none reads the folder wrongly"""
+FORMAT = "rlhf_utils.reward/2"
+OLD_FORMAT = "rlhf_utils.reward/1"  # the backbone as a save_pretrained folder: still read
 TEXT_CONVENTION = "[BOS] + ids(prompt) + ids(' ' + completion) + [EOS] (ids: no special tokens)"
 
 
@@ -301,13 +311,19 @@ class RewardModel(nn.Module):
         Written to a temporary folder beside ``path`` and renamed into place (replacing an
         older one), so a crash never leaves a half-written reward model under the real name.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file, save_model
 
         from rlhf_utils.checkpoints import atomic_folder
 
         with atomic_folder(path) as tmp:
-            self.backbone.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+            tokenizer = copy.copy(self.tokenizer)  # saved with the backbone's real context length
+            tokenizer.model_max_length = self.max_length or tokenizer.model_max_length
+            tokenizer.save_pretrained(tmp)
+            save_model(self.backbone, str(tmp / BACKBONE_FILE))
+            config = {"model_type": MODEL_TYPE, "architectures": ["RLHFRewardModel"],
+                      "load_with": "rlhf_utils.reward.RewardModel.load(path); no transformers class reads this folder",
+                      "backbone": self.backbone.config.to_dict()}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             save_file({"weight": self.head.weight.detach().cpu().contiguous()}, str(tmp / HEAD_FILE))
             meta = {"format": FORMAT, "gain": float(self.gain), "bias": float(self.bias),
                     "text_convention": TEXT_CONVENTION, "scored_token": "last real token (the EOS)",
@@ -318,15 +334,26 @@ class RewardModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> "RewardModel":
         """Load a folder written by :meth:`save`; checks it is complete first."""
-        from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
+        from safetensors.torch import load_file, load_model
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        path = Path(path)
+        from rlhf_utils.checkpoints import check_safetensors, read_json
+        from rlhf_utils.checks import check_number
+        from rlhf_utils.config import get_device
+
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"RewardModel.load needs a folder path, got {type(path).__name__}")
+        path = Path(path).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(
                 f"No reward model at {path}: run notebook 05 (reward modelling) first, "
                 "or set $RLHF_CHECKPOINTS to where your checkpoints are.")
-        needed = ["config.json", "model.safetensors", HEAD_FILE, META_FILE, "tokenizer_config.json"]
+        if (path / "config.json").is_file() and not (path / META_FILE).is_file():
+            raise ValueError(f"{path} is not a reward model (no {META_FILE}): a language-model checkpoint? Build a "
+                             "reward model from it with RewardModel.from_policy and train it (notebook 05).")
+        meta = read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
+        weights = "model.safetensors" if meta.get("format") == OLD_FORMAT else BACKBONE_FILE
+        needed = ["config.json", weights, HEAD_FILE, META_FILE, "tokenizer_config.json"]
         missing = [f for f in needed if not (path / f).exists()]
         if not ((path / "tokenizer.json").exists() or (path / "vocab.json").exists()):
             missing.append("tokenizer.json (or vocab.json)")
@@ -334,11 +361,21 @@ class RewardModel(nn.Module):
             raise FileNotFoundError(
                 f"The reward-model folder {path} is incomplete: missing {', '.join(missing)}. "
                 "Re-run notebook 05 to write it again.")
-        meta = json.loads((path / META_FILE).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path / META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}.")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        backbone = AutoModel.from_pretrained(path)
+        if meta.get("format") not in (FORMAT, OLD_FORMAT):
+            raise ValueError(f"{path / META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}: "
+                             "written by another program, or a newer rlhf_utils.")
+        for name in ("gain", "bias"):
+            check_number(f"{META_FILE} {name}", meta.get(name), fix="the file is damaged: re-run notebook 05")
+        for f in (weights, HEAD_FILE):
+            check_safetensors(path / f)
+        config = read_json(path / "config.json")
+        if meta["format"] == OLD_FORMAT:
+            tokenizer, backbone = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+        else:
+            cfg = dict(config.get("backbone") or {})
+            backbone = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type", None), **cfg))
+            load_model(backbone, str(path / BACKBONE_FILE))
+            tokenizer = AutoTokenizer.from_pretrained(path, config=backbone.config)
         if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
             raise ValueError(
                 f"The tokenizer in {path} has {len(tokenizer)} tokens but the model's embedding "
@@ -350,7 +387,7 @@ class RewardModel(nn.Module):
             model.gain.fill_(meta["gain"])
             model.bias.fill_(meta["bias"])
         if device is not None:
-            model = model.to(device)
+            model = model.to(get_device(device))
         return model.eval()
 
 

@@ -210,3 +210,50 @@ def value_clip_fraction(values: torch.Tensor, old_values: torch.Tensor, returns:
     v_clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
     worse = ((v_clipped - returns) ** 2 > (values - returns) ** 2).to(values.dtype)
     return float(masked_mean(worse, mask))
+
+
+# --------------------------------------------------------------------------------------
+# Critic-free advantages: a group of completions per prompt is its own baseline
+# --------------------------------------------------------------------------------------
+
+
+def _groups(rewards: torch.Tensor, group_size: int, fn: str) -> torch.Tensor:
+    """``rewards [B]`` as ``[B / group_size, group_size]``: consecutive rows share a prompt."""
+    if rewards.ndim != 1:
+        raise ValueError(f"{fn}: rewards must be one score per completion, [B], got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise ValueError(f"{fn}: group_size={group_size}: a baseline from the other completions of the same prompt "
+                         "needs at least 2 per prompt (set group_size to 2 or more, e.g. 4)")
+    if rewards.shape[0] % group_size:
+        raise ValueError(f"{fn}: {rewards.shape[0]} completions do not split into groups of {group_size}: "
+                         "make batch_size a multiple of group_size")
+    return rewards.reshape(-1, group_size)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, eq. 5): each completion's
+    baseline is the mean reward of the *other* completions of its prompt. ``rewards [B]``, groups
+    of ``group_size`` consecutive rows; returns ``[B]``.
+
+    Naive equivalent: ``A_i = r_i - sum(r_j for j in group(i) if j != i) / (k - 1)``, which equals
+    ``k / (k - 1) * (r_i - mean(group))``.
+    """
+    r = _groups(rewards, group_size, "rloo_advantages")
+    baseline = (r.sum(1, keepdim=True) - r) / (group_size - 1)
+    return (r - baseline).reshape(-1)
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool = True,
+                    eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages (GRPO, Shao et al. 2024, section 4.1.2): the reward minus its
+    group's mean, divided by the group's standard deviation (``scale_rewards``). Dr. GRPO (Liu et
+    al. 2025) drops the division, which favours groups whose rewards barely differ.
+
+    Naive equivalent: ``(r_i - mean(group)) / (std(group) + eps)``, ``std`` with Bessel's
+    correction as TRL's ``GRPOTrainer``; without ``scale_rewards``, ``r_i - mean(group)``.
+    """
+    r = _groups(rewards, group_size, "grpo_advantages")
+    centred = r - r.mean(1, keepdim=True)
+    if scale_rewards:
+        centred = centred / (r.std(1, keepdim=True) + eps)
+    return centred.reshape(-1)

@@ -24,7 +24,21 @@ import html
 import os
 from typing import Any, Callable
 
-from rlhf_utils.rating import BACKSPACE, GUIDELINES, SCORE_LABELS, VERDICTS, PairwiseSession, Session
+from rlhf_utils.rating import BACKSPACE, SCORE_LABELS, VERDICTS, PairwiseSession, Session
+
+GUIDELINES = """
+<b>How to judge.</b> Each item is the opening of a review (the <i>prompt</i>) and the model's
+continuation(s). Prefer the continuation that
+<ul>
+<li>is <b>more positive</b> about the thing reviewed (the course's task: steer the model to praise);</li>
+<li>reads as <b>fluent English</b>: no doubled words ("great great"), no broken or jumbled sentences;</li>
+<li>stays <b>on topic</b> (a film review should not talk about the pasta).</li>
+</ul>
+<b>Tie</b>: equally good. <b>Both bad</b>: neither is acceptable (kept apart from a tie).
+<b>Skip</b>: you cannot tell. Which side is A is random; words that differ are <mark>marked</mark>.
+The first few pairs are <i>calibration</i> pairs with a known answer; about one pair in ten comes
+back later, blind, to see how consistent you are. Take your time: speed is measured, not judged.
+"""
 
 
 def widget_frontend() -> tuple[bool, str]:
@@ -79,7 +93,8 @@ def read_key_box(value: str, sentinel: str = KEY_SENTINEL) -> str | None:
 
 _CSS = """<style>
 .rlhf-rate mark { background: #ffe08a; padding: 0 1px; }
-.rlhf-rate .rlhf-side { border: 1px solid #bbb; border-radius: 4px; padding: 4px 8px; }
+.rlhf-rate .rlhf-side { border: 1px solid #bbb; border-radius: 4px; padding: 4px 8px; min-height: 1.5em; }
+.rlhf-rate .rlhf-empty { color: #888; }
 </style>"""
 
 
@@ -87,6 +102,9 @@ def rating_widget(session: Session):
     """Lay out stock ipywidgets for ``session`` and wire them to its handlers."""
     import ipywidgets as w
 
+    if not isinstance(session, Session):
+        raise TypeError(f"rating_widget needs a rating session (rlhf_utils.rating.PairwiseSession or ScoreSession), "
+                        f"got {type(session).__name__}")
     is_pair = isinstance(session, PairwiseSession)
     name_box = w.Text(value=session.annotator, description="Your name:", layout=w.Layout(width="280px"))
     start_button = w.Button(description="Start rating", button_style="primary")
@@ -178,6 +196,12 @@ def rating_widget(session: Session):
             safely(lambda: session.key(key))
 
     key_box.observe(on_key, names="value")
+
+    def on_rater_change() -> None:  # the name was changed in the other widget on this store
+        name_box.value = session.annotator
+        render()
+
+    session.on_rater_change.append(on_rater_change)
     render()
     box.session = session  # handy in a notebook: widget.session
     return box
@@ -185,6 +209,8 @@ def rating_widget(session: Session):
 
 def show(session: Session) -> bool:
     """Display the rating widget if a front end can show it; else say why. Returns shown."""
+    if not isinstance(session, Session):
+        raise TypeError(f"show needs a rating session (PairwiseSession or ScoreSession), got {type(session).__name__}")
     ok, reason = widget_frontend()
     if not ok:
         print(f"No widget front end ({reason}): nothing will be rated by hand here; "

@@ -40,6 +40,8 @@ from functools import cached_property
 
 import numpy as np
 
+from rlhf_utils.checks import check_int, check_number, check_texts
+
 # --------------------------------------------------------------------------------------
 # The lexicon. Every sentiment word is one VADER knows, with the sign we give it
 # (checked by tests/test_world.py); neutral adjectives are ones VADER scores 0.
@@ -229,14 +231,29 @@ def _realise(template: str, pre: tuple, word: str, post: tuple, defect: str | No
     return " ".join((*pre, word, *post))
 
 
+def _check_text(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r:.60}"
+                        + (": for a list of texts use gold_rewards" if isinstance(value, (list, tuple)) else ""))
+    return value
+
+
 class World:
     """The review world. Deterministic: the same seed gives the same samples."""
 
     def __init__(self, seed: int = 0, defect_probs: dict | None = None):
-        self.seed = seed
+        self.seed = check_int("World seed", seed, 0, "the world's seed is a whole number >= 0, e.g. World(0)")
+        example = "e.g. {None: 0.9, 'repetition': 0.05, 'broken': 0.05}"
+        if defect_probs is not None and not isinstance(defect_probs, dict):
+            raise TypeError(f"defect_probs must be a dict of defect -> probability, {example}")
         self.defect_probs = dict(DEFECT_PROBS if defect_probs is None else defect_probs)
+        for defect, prob in self.defect_probs.items():
+            if defect not in DEFECT_PROBS:
+                raise ValueError(f"defect_probs: unknown defect {defect!r}: the world's defects are "
+                                 f"{list(DEFECT_PROBS)} (None = a clean sentence)")
+            check_number(f"defect_probs[{defect!r}]", prob, 0, 1, fix=example)
         if not math.isclose(sum(self.defect_probs.values()), 1.0):
-            raise ValueError("defect_probs must sum to 1, e.g. {None: 0.9, 'repetition': 0.05, 'broken': 0.05}")
+            raise ValueError(f"defect_probs must sum to 1, {example}")
 
     # ---- the enumerated tables ------------------------------------------------------
 
@@ -291,10 +308,11 @@ class World:
     # ---- sampling -------------------------------------------------------------------
 
     def _rng(self, seed: int | None) -> np.random.Generator:
-        return np.random.default_rng([self.seed, 0 if seed is None else seed])
+        return np.random.default_rng([self.seed, 0 if seed is None else check_int("seed", seed, 0)])
 
     def sample_reviews(self, n: int, seed: int | None = None) -> list[Review]:
         """``n`` reviews drawn from the world (deterministic given the seed)."""
+        n = check_int("n", n, 0, "the number of reviews, e.g. 1000")
         rng = self._rng(seed)
         openings, p_open = self._openings
         n_values = np.array(list(N_SENTENCES))
@@ -320,6 +338,7 @@ class World:
     def prompts(self, n: int, seed: int | None = None) -> list[str]:
         """``n`` review openings, drawn as the world draws them."""
         openings, p_open = self._openings
+        n = check_int("n", n, 0, "the number of prompts, e.g. 2000")
         return [openings[i][0] for i in self._rng(seed).choice(len(openings), size=n, p=p_open)]
 
     def demonstrations(self, n: int, seed: int | None = None, clean: bool = True) -> list[tuple[str, str]]:
@@ -341,6 +360,7 @@ class World:
 
     def domain_of(self, prompt: str) -> str | None:
         """The domain an opening sentence is about (None if it is not one of ours)."""
+        _check_text("prompt", prompt)
         return next((d for text, d, _ in self._openings[0] if text == prompt.strip()), None)
 
     def analyse(self, completion: str, prompt: str | None = None) -> Analysis:
@@ -350,7 +370,7 @@ class World:
         after the last ".") is ``unparseable``; given the prompt, a sentence about
         another domain's aspects is ``off_topic``.
         """
-        words = completion.split()
+        words = _check_text("completion", completion).split()
         domain = self.domain_of(prompt) if prompt is not None else None
         parsed, current = [], []
         for w in words:
@@ -374,7 +394,13 @@ class World:
         return self.analyse(completion, prompt).gold_reward
 
     def gold_rewards(self, completions: list[str], prompts: list[str] | None = None) -> np.ndarray:
-        prompts = prompts if prompts is not None else [None] * len(completions)
+        """:meth:`gold_reward` of each completion (given its prompt, if ``prompts`` are passed)."""
+        completions = check_texts("completions", completions, "completions", allow_empty=True)
+        if prompts is None:
+            prompts = [None] * len(completions)
+        elif len(prompts := check_texts("prompts", prompts, "prompts", allow_empty=True)) != len(completions):
+            raise ValueError(f"gold_rewards: {len(completions)} completions but {len(prompts)} prompts: pass one "
+                             "prompt per completion, or prompts=None")
         return np.array([self.gold_reward(c, p) for c, p in zip(completions, prompts)])
 
     def is_grammatical(self, completion: str, prompt: str | None = None) -> bool:
@@ -384,7 +410,7 @@ class World:
 
     def log_prob(self, text: str) -> float:
         """Exact log-probability of a full review text (``-inf`` if the world can't make it)."""
-        words = text.split()
+        words = _check_text("text", text).split()
         if "." not in words:
             return -math.inf
         cut = words.index(".") + 1

@@ -4,6 +4,11 @@ Starts JupyterLab on 127.0.0.1 (a free port, no token) in a temporary root folde
 holds one small notebook, opens it in Debian's Chromium, runs the widget cell, clicks
 and types like a reader, and checks the store, the progress label, and the resume after
 a kernel restart. Screenshots go to ``test-artifacts/``.
+
+The notebook has the pairwise widget and, below it, the score widget on the same store (as
+notebook 04). The reader types their name once, in the pairwise widget; the score widget takes
+the same name, and after a kernel restart both widgets greet the same rater, with their own
+progress, and resume without the name being typed again (issue 13).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+READER_NAME = "Ada"
+
+
 def _widget_cell(store: Path) -> str:
     return (
         "import sys\n"
@@ -53,12 +61,20 @@ def _widget_cell(store: Path) -> str:
     )
 
 
+def _score_cell(store: Path) -> str:
+    return (
+        "from rlhf_utils.rating import ScoreSession\n"
+        f"score_session = ScoreSession([(p, a) for p, a, _ in pairs[:2]], {str(store)!r})\n"
+        "rating_widget(score_session)\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     store = root / "ratings.jsonl"
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(_widget_cell(store))]
+    nb.cells = [nbformat.v4.new_code_cell(_widget_cell(store)), nbformat.v4.new_code_cell(_score_cell(store))]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, root / "rate.ipynb")
     port = _free_port()
@@ -108,20 +124,31 @@ def _wait_for_kernel(page, timeout_ms=120_000):
 
 
 def _run_widget_cell(page):
+    """Run both cells (the pairwise widget, then the score widget); the pairwise Start button."""
     page.locator(".jp-Cell .cm-content").first.click()
     page.keyboard.press("Escape")          # command mode, on the cell
     page.keyboard.press("Shift+Enter")
-    start = page.get_by_role("button", name="Start rating")
-    start.wait_for(timeout=60_000)
-    return start
+    page.get_by_role("button", name="Start rating").first.wait_for(timeout=60_000)
+    page.keyboard.press("Shift+Enter")     # the score widget's cell
+    page.wait_for_function("() => document.querySelectorAll('.rlhf-rate').length == 2", timeout=60_000)
+    page.get_by_role("button", name="Start rating").nth(1).wait_for(timeout=60_000)
+    return page.get_by_role("button", name="Start rating").first
+
+
+def _widget(page, i: int):
+    return page.locator(".rlhf-rate").nth(i)
+
+
+def _name_box(page, i: int):
+    return _widget(page, i).locator(".rlhf-guidelines input").first
 
 
 def _status(page) -> str:
-    return page.locator(".rlhf-status").inner_text()
+    return page.locator(".rlhf-status").first.inner_text()
 
 
 def _message(page) -> str:
-    return page.locator(".rlhf-message").inner_text()
+    return page.locator(".rlhf-message").first.inner_text()
 
 
 def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
@@ -136,7 +163,8 @@ def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
         if news.count():
             news.first.click()
         start = _run_widget_cell(page)
-        assert "How to judge" in page.locator(".rlhf-guidelines").inner_text()
+        assert "How to judge" in page.locator(".rlhf-guidelines").first.inner_text()
+        _name_box(page, 0).fill(READER_NAME)   # the reader's name, typed once
         page.screenshot(path=str(ARTIFACTS / "pairwise_widget_guidelines.png"), full_page=True)
         start.click()
         # a missing widget extension shows plain text "VBox(...)": insist on real buttons
@@ -149,13 +177,13 @@ def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
         page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('2 of 5')")
         page.get_by_role("button", name="Tie [3]").click()
         page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('3 of 5')")
-        page.locator(".rlhf-keys input").click()
+        page.locator(".rlhf-keys input").first.click()
         page.keyboard.press("2")
         page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('4 of 5')")
         page.get_by_role("button", name="Undo last [Backspace]").click()
         page.wait_for_function("() => document.querySelector('.rlhf-status').innerText.startsWith('3 of 5')")
         assert _status(page).startswith("3 of 5 done · 0 skipped")
-        assert "Undone" in _message(page) and "Item 4 of 5" in page.locator(".rlhf-rate").inner_text()
+        assert "Undone" in _message(page) and "Item 4 of 5" in _widget(page, 0).inner_text()
         page.screenshot(path=str(ARTIFACTS / "pairwise_widget.png"), full_page=True)
 
         # the store: exactly the expected judgements, the A/B swap resolved
@@ -170,7 +198,19 @@ def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
         ]
         assert records[3]["choice"] == ("a" if swapped[3] else "b")   # key 2 = the right side
         assert records[4]["supersedes"] == records[3]["id"]
-        assert all(r["annotator"] == "you" and r["seconds"] > 0 for r in live)
+        assert all(r["annotator"] == READER_NAME and r["seconds"] > 0 for r in live)
+
+        # the score widget below rates as the same reader, without the name typed again
+        page.wait_for_function(
+            "() => document.querySelectorAll('.rlhf-rate')[1].querySelector('.rlhf-guidelines input').value == "
+            f"{READER_NAME!r}")
+        _widget(page, 1).get_by_role("button", name="Start rating").click()
+        five = page.get_by_role("button", name="5 very satisfied [5]")
+        five.wait_for(state="visible")
+        five.click()
+        page.wait_for_function("() => document.querySelectorAll('.rlhf-status')[1].innerText.startsWith('1 of 2')")
+        scored = FeedbackStore(store).records()[-1]
+        assert (scored["kind"], scored["score"], scored["annotator"]) == ("score", 5, READER_NAME)
 
         # restart the kernel; the widget resumes where it stopped
         page.get_by_role("menuitem", name="Kernel").click()
@@ -178,16 +218,22 @@ def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
         page.locator(".jp-Dialog .jp-mod-accept").click()
         page.wait_for_timeout(1500)
         _wait_for_kernel(page)
-        _run_widget_cell(page).click()
+        start = _run_widget_cell(page)
+        # before anyone types: both widgets greet the same reader, each with their own progress
+        assert _name_box(page, 0).input_value() == READER_NAME == _name_box(page, 1).input_value()
+        assert _status(page).startswith("3 of 5 done") and f"rater: {READER_NAME}" in _status(page)
+        assert page.locator(".rlhf-status").nth(1).inner_text().startswith("1 of 2 done")
+        start.click()                          # the name is not typed again
         page.wait_for_function("() => document.querySelector('.rlhf-message') && "
                                "document.querySelector('.rlhf-message').innerText.includes('Resumed')")
         assert "Resumed at 3/5." in _message(page)
         # execution count 1 again: the kernel really was restarted
         assert page.locator(".jp-Cell .jp-InputArea-prompt").first.inner_text().strip() == "[1]:"
         assert _status(page).startswith("3 of 5 done")
-        assert "Item 4 of 5" in page.locator(".rlhf-rate").inner_text()
+        assert "Item 4 of 5" in _widget(page, 0).inner_text()
         page.screenshot(path=str(ARTIFACTS / "pairwise_widget_resumed.png"), full_page=True)
-        assert len(FeedbackStore(store).records()) == 5     # resuming wrote nothing
+        assert len(FeedbackStore(store).records()) == 6     # resuming wrote nothing
+        assert {r["annotator"] for r in FeedbackStore(store).records()} == {READER_NAME}
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "pairwise_widget_failure.png"), full_page=True)
         (ARTIFACTS / "pairwise_widget_lab.log").write_text((root / "lab.log").read_text())

@@ -249,3 +249,14 @@ def test_cli_unknown_scale_is_a_one_line_error(tmp_path, args, env, monkeypatch)
     result = run_cli("--notebooks", str(tmp_path), *args)
     assert result.returncode == 2
     assert result.stderr.strip() == "rlhf_utils.course: error: unknown scale 'huge': use one of quick, full"
+
+
+def test_a_relative_out_folder_still_collects_the_figures(tmp_path, monkeypatch):
+    """The kernel runs in the notebook's folder, so the runner must hand it an absolute path."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    write_notebook(nbs / "01_only.ipynb", "from rlhf_utils.report import report\nreport(answer=42)")
+    monkeypatch.chdir(tmp_path)
+    run = run_notebook(nbs / "01_only.ipynb", "quick", "relative/out", timeout=120, progress=False)
+    assert run.ok and run.figures == {"answer": 42}
+    assert (tmp_path / "relative" / "out" / "01_only.figures.json").is_file()

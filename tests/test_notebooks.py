@@ -71,6 +71,18 @@ CHECKS: dict[str, list[str]] = {
         "kl_final <= 6",  # the policy stayed near the SFT policy (nats)
         "grammatical_fraction >= 0.95",  # and kept writing grammatical text
     ],
+    "07": [
+        "win_rate_low > 0.5",  # the RLHF policy beats the SFT policy on the gold preference, CI and all
+        "gold_peak > gold_start + 0.3",  # without a KL penalty the gold first rises ...
+        "proxy_final > proxy_at_gold_peak and gold_final < gold_peak - 0.05",  # ... then the proxy climbs on, the gold falls
+        "all(a < b for a, b in zip(sweep_kl_final, sweep_kl_final[1:]))",  # a smaller beta (they are in decreasing order), a larger KL
+        "sweep_gold_final[-1] < min(sweep_gold_final[:-1])",  # the unpenalised run ends with the lowest gold
+        "gao_beta > 0 and 0.67 < gao_d_peak / d_at_gold_peak < 1.5",  # Gao et al.'s RL form finds the peak
+        "rm_length_coef_biased > rm_length_coef_plain + 0.03",  # the annotator's length bias is in the reward model ...
+        "length_biased > length_unbiased + 1.5",  # ... and in the policy (words per completion)
+        "early_stop_gold >= gold_peak - 0.1 and early_stop_gold > gold_final",  # early stopping keeps (near) the peak
+        "ensemble_gold_peak > gold_peak + 0.05",  # the ensemble's run peaks higher than the single model's
+    ],
     "05": [
         # near the noise ceiling (target 0.90 of it; measured 0.94 at quick)
         "heldout_label_accuracy >= 0.85 * best_gold_agreement_allowed",
@@ -91,12 +103,12 @@ NEEDS: dict[str, list[str]] = {
     "04": ["03"],  # SFT checkpoint to sample from
     "05": ["03", "04"],  # SFT backbone, preference data
     "06": ["03", "05"],  # SFT policy, reward model
-    "07": ["03", "05", "06"],  # SFT, reward model, RLHF policy
+    "07": ["03", "04", "05", "06"],  # SFT, preferences (relabelled, ensemble), reward model, RLHF policy
     "08": ["03", "04", "05"],  # SFT, preferences, reward model
 }
 
 #: Names a check may use besides the figures.
-_CHECK_FUNCTIONS = {"abs": abs, "min": min, "max": max, "len": len, "all": all, "any": any, "math": math}
+_CHECK_FUNCTIONS = {"abs": abs, "min": min, "max": max, "len": len, "all": all, "any": any, "zip": zip, "math": math}
 
 
 class CourseRuns:

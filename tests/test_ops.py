@@ -435,11 +435,30 @@ def test_wrong_types_are_type_errors():
         pad_right("abc", 0)
 
 
+def test_logprobs_and_entropy_from_one_log_softmax_match_the_naive_per_row_loop():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 4, 6, generator=g)
+    logits[0, 0, 2] = float("-inf")  # a token top-k removed: probability 0, adds 0 to the entropy
+    index = torch.randint(0, 6, (3, 4), generator=g)
+    index[0, 0] = 1
+    logp, entropy = ops.logprobs_and_entropy(logits, index)
+    for b in range(3):
+        for t in range(4):
+            p = [math.exp(x) for x in logits[b, t].double().tolist()]
+            z = sum(p)
+            assert math.isclose(float(logp[b, t]), math.log(p[index[b, t]] / z), rel_tol=1e-5, abs_tol=1e-6)
+            h = -sum(q / z * math.log(q / z) for q in p if q > 0)
+            assert math.isclose(float(entropy[b, t]), h, rel_tol=1e-5, abs_tol=1e-6)
+    assert logp.dtype == entropy.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"index must have the shape of logits without its last axis"):
+        ops.logprobs_and_entropy(logits, index[:, :3])
+
+
 def test_every_public_helper_is_tested_here():
     """A new helper in ops must come with its naive reference in this file."""
     public = {n for n, v in vars(ops).items() if callable(v) and not n.startswith("_")
               and getattr(v, "__module__", None) == ops.__name__}
     tested = {"masked_sum", "masked_mean", "masked_var", "masked_whiten", "explained_variance",
               "selective_log_softmax", "entropy_from_logits", "kl_estimate", "pad_left", "pad_right",
-              "last_token_index", "position_ids_from_mask"}
+              "last_token_index", "position_ids_from_mask", "logprobs_and_entropy"}
     assert public == tested

@@ -236,7 +236,7 @@ def test_save_load_identical_scores(rm, tmp_path):
     rm.normalise(PROMPTS * 2, [c + " it was good ." * i for i, c in enumerate(COMPLETIONS * 2)])
     path = rm.save(tmp_path / "reward")
     files = {p.name for p in path.iterdir()}
-    assert {"config.json", "model.safetensors", R.HEAD_FILE, R.META_FILE, "tokenizer.json"} <= files
+    assert {"config.json", R.BACKBONE_FILE, R.HEAD_FILE, R.META_FILE, "tokenizer.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)  # no pickle
     meta = json.loads((path / R.META_FILE).read_text())
     assert meta["gain"] == float(rm.gain)

@@ -255,3 +255,41 @@ def test_widget_frontend_rule(monkeypatch):
     monkeypatch.setenv("RLHF_HEADLESS", "0")
     ok, reason = widget_frontend()
     assert not ok and "not running in a Jupyter kernel" in reason   # pytest is not a kernel
+
+
+def test_one_rater_per_store_shared_by_both_sessions_and_remembered_across_a_restart(tmp_path):
+    """Issue 13: the score widget used to rate as "you" while the pairwise one rated as the
+    reader, and after a restart the pairwise widget greeted whoever wrote the store's last line."""
+    from rlhf_utils import feedback as fb
+    from rlhf_utils.widgets import rating_widget
+
+    store = tmp_path / "ratings.jsonl"
+    pairs = PairwiseSession(PAIRS[:4], store, repeat_every=0, clock=Clock())
+    scores = ScoreSession([(p, a) for p, a, _ in PAIRS[:2]], store, clock=Clock())
+    box = rating_widget(scores)
+    pairs.start("alice")
+    assert scores.annotator == "alice"                                  # the other widget follows
+    name_box = next(b for b in _walk(box) if getattr(b, "description", "") == "Your name:")
+    assert name_box.value == "alice"                                    # and shows it
+    pairs.choose("A")
+    pairs.choose("B")
+    scores.start()
+    scores.score(5)                                                     # the store's last line
+    fb._RATERS.clear()                                                  # a kernel restart
+    again = PairwiseSession(PAIRS[:4], store, repeat_every=0)
+    assert again.annotator == "alice" and again.progress_text().startswith("2 of 4 done")
+    assert again.start() == "Resumed at 2/4." and again.position == 2
+    assert {r["annotator"] for r in FeedbackStore(store).records()} == {"alice"}
+
+
+def test_a_store_from_before_the_rater_file_resumes_as_whoever_judged_its_items(tmp_path):
+    from rlhf_utils import feedback as fb
+
+    store = tmp_path / "ratings.jsonl"
+    s = PairwiseSession(PAIRS[:4], store, repeat_every=0)
+    s.start("bob")
+    s.choose("A")
+    FeedbackStore(store).append(fb.score_record("x .", "y .", 3, annotator="you"))  # last line: someone else
+    (tmp_path / ("ratings.jsonl" + fb.RATER_SUFFIX)).unlink()
+    fb._RATERS.clear()
+    assert PairwiseSession(PAIRS[:4], store, repeat_every=0).annotator == "bob"
