@@ -32,9 +32,10 @@ from rlhf_utils.config import PPOConfig
 
 
 def rloo_config(base: PPOConfig, group_size: int = 4) -> PPOConfig:
-    """RLOO: leave-one-out baseline, KL (k1) in the reward, plain token mean, no critic."""
+    """RLOO: leave-one-out baseline, KL (k1) in the reward with the base's beta held fixed (as
+    Ahmadian et al. 2024 and TRL's RLOOTrainer), plain token mean, no critic."""
     return dataclasses.replace(base, advantage_estimator="rloo", group_size=group_size, kl_in="reward",
-                               kl_estimator="k1", loss_aggregation="token", norm_adv=False)
+                               kl_estimator="k1", adaptive_kl=False, loss_aggregation="token", norm_adv=False)
 
 
 def grpo_config(base: PPOConfig, group_size: int = 4, kl_coef: float = 0.04) -> PPOConfig:

@@ -234,6 +234,19 @@ def _check_rows(fn: str, rows: Sequence[Sequence[int]]) -> None:
         raise ValueError(f"{fn}: rows is empty: pass at least one list of token ids")
 
 
+def _pad(fn: str, rows: Sequence[Sequence[int]], pad_id: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_rows(fn, rows)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            cols = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, cols] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, cols] = 1
+    return ids.to(device), mask.to(device)
+
+
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad lists of ids: ``(ids [B, L], mask [B, L])``, real tokens at the right.
 
@@ -241,15 +254,7 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[t
     longest row; the mask is 1 at the real tokens. Prompts are left-padded, so that every
     row's last token sits in the last column and generation appends to the same column.
     """
-    _check_rows("pad_left", rows)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if len(r):
-            ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
+    return _pad("pad_left", rows, pad_id, device, left=True)
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,15 +262,7 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[
 
     Naive equivalent: ``[r + [pad_id] * (L - len(r)) for r in rows]``.
     """
-    _check_rows("pad_right", rows)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if len(r):
-            ids[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-            mask[i, :len(r)] = 1
-    return ids.to(device), mask.to(device)
+    return _pad("pad_right", rows, pad_id, device, left=False)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -482,7 +482,8 @@ class PPOTrainer:
         total = self.config.steps if steps is None else check_int("steps", steps, 1)
         check_int("save_every", save_every, 0)
         self.total_steps = max(total, 1)
-        bar = tqdm(total=total, initial=self.step_count, desc="PPO",
+        method = {"gae": "PPO", "rloo": "RLOO", "grpo": "GRPO"}[self.config.advantage_estimator]
+        bar = tqdm(total=total, initial=self.step_count, desc=method,
                    disable=not progress or not self.accelerator.is_main_process)
         try:
             while self.step_count < total:

@@ -136,6 +136,22 @@ RESULTS: dict[str, list[tuple[str, str]]] = {
     "06": [("gold reward of the policy, SFT -> PPO (SFT std)",
             "{gold_before:+.3f} -> {gold_after:+.3f} ({gold_std_before:.3f}); KL {kl_final:.2f} nats; "
             "{grammatical_fraction:.1%} grammatical; proxy {proxy_before:+.2f} -> {proxy_after:+.2f}")],
+    "07": [("RLHF vs SFT win rate by the gold preference (95% CI); with the reward model as the judge",
+            "{win_rate:.3f} ({win_rate_low:.3f}-{win_rate_high:.3f}); {proxy_win_rate:.3f}"),
+           ("no KL penalty: gold at the start -> peak (step) -> end; early-stopped; against an ensemble",
+            "{gold_start:+.2f} -> {gold_peak:+.2f} (step {gold_peak_step}) -> {gold_final:+.2f} at KL {kl_final:.0f} nats; "
+            "{early_stop_gold:+.2f}; peak {ensemble_gold_peak:+.2f}")],
+    "08": [("gold (KL, nats) at one budget: PPO / RLOO / GRPO / Dr. GRPO / DPO beta={dpo_beta_mid:g} / "
+            "best-of-{bon_n_max} (SFT {gold_sft:+.2f})",
+            "{ppo_gold_final:+.2f} ({ppo_kl_final:.1f}) / {rloo_gold_final:+.2f} ({rloo_kl_final:.1f}) / "
+            "{grpo_gold_final:+.2f} ({grpo_kl_final:.1f}) / {dr_grpo_gold_final:+.2f} ({dr_grpo_kl_final:.1f}) / "
+            "{dpo_gold_mid:+.2f} ({dpo_kl_mid:.1f}) / {bon_gold_max:+.2f} ({bon_kl_max:.2f})"),
+           ("REINFORCE without KL: gold peak -> end (KL); best-of-{bon_n_max}'s KL estimate vs the bound log n - (n-1)/n",
+            "{reinforce_no_kl_gold_peak:+.2f} -> {reinforce_no_kl_gold_final:+.2f} ({reinforce_no_kl_kl_final:.0f} nats); "
+            "{bon_kl_max:.2f} vs {bon_kl_bound_max:.2f} ({bon_kl_passfail_max:.2f} with a pass/fail judge)"),
+           ("training wall time (samples/s): PPO / RLOO / DPO beta={dpo_beta_mid:g} (pairs/s); best-of-n's pool",
+            "{ppo_train_s:.1f} s ({ppo_samples_per_s:.0f}) / {rloo_train_s:.1f} s ({rloo_samples_per_s:.0f}) / "
+            "{dpo_train_s_mid:.1f} s ({dpo_pairs_per_s_mid:.0f}); {bon_s:.1f} s ({bon_samples_per_s:.0f})")],
 }
 """What the README's results table shows of each notebook: (what, how), formatted from its figures"""
 

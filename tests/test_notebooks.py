@@ -92,6 +92,27 @@ CHECKS: dict[str, list[str]] = {
         "residual_repetition > 0 or residual_broken > 0",  # it over-rates some defect (notebook 07's hacking)
         "n_labels >= 48",
     ],
+    "08": [
+        # every KL-regularised RL method, and DPO at DPOConfig's beta, beat the SFT policy by a wide margin
+        "min(ppo_gold_final, rloo_gold_final, grpo_gold_final, dr_grpo_gold_final, rloo_k3_in_loss_gold_final, "
+        "dpo_gold_mid) > gold_sft + 0.5",
+        "reinforce_no_kl_gold_peak > gold_sft + 0.5",  # so does REINFORCE without KL, before it falls ...
+        "reinforce_no_kl_gold_final < reinforce_no_kl_gold_peak - 0.25",  # ... as it drifts far beyond the others
+        "reinforce_no_kl_kl_final > 1.5 * max(ppo_kl_final, rloo_kl_final, grpo_kl_final, dr_grpo_kl_final, "
+        "rloo_k3_in_loss_kl_final)",
+        "gao_rl_beta_reinforce_no_kl > 0 and 1.2 < math.exp(gao_rl_alpha_reinforce_no_kl / gao_rl_beta_reinforce_no_kl - 1) < 3",
+        "rloo_gold_final > ppo_gold_final + 0.05",  # at this budget the critic-free RLOO beats PPO
+        # the KL's placement (k1 in the reward vs k3 in the loss, same beta) changes little here ...
+        "abs(rloo_k3_in_loss_gold_final - rloo_gold_final) < 0.1 and abs(rloo_k3_in_loss_kl_final - rloo_kl_final) < 1.0",
+        "grpo_kl_final > 1.4 * max(rloo_kl_final, dr_grpo_kl_final)",  # ... GRPO's normalisations move it farther
+        "grpo_length_final > max(dr_grpo_length_final, rloo_length_final)",  # and its completions grow longer
+        "all(a > b for a, b in zip(dpo_kl, dpo_kl[1:]))",  # a larger DPO beta (increasing order), a smaller KL
+        "dpo_no_ref_length_corr < -0.8",  # without the reference, DPO's "reward" is mostly length
+        "all(a < b for a, b in zip(bon_gold, bon_gold[1:]))",  # best-of-n's gold rises with n
+        "all(k <= b + 0.05 for k, b in zip(bon_kl_est, bon_kl_bound))",  # its KL is at most the bound (+ MC noise)
+        "all(k < 0.6 * b for k, b in zip(bon_kl_passfail[1:], bon_kl_bound[1:]))",  # far below it for a coarse judge
+        "gao_bon_alpha > 0 and gao_bon_max_residual < 0.03",  # Gao et al.'s best-of-n form fits the curve
+    ],
 }
 
 #: The notebooks whose artefacts each one reads (checkpoints, the preference file).

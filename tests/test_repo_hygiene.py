@@ -54,6 +54,18 @@ def test_committed_notebooks_have_no_outputs_or_execution_counts():
     assert not dirty, "strip outputs before committing (e.g. jupyter nbconvert --clear-output --inplace):\n" + "\n".join(dirty)
 
 
+def test_notebook_text_has_no_control_characters():
+    """A LaTeX string written without r"" loses its backslashes: "\\alpha" becomes a bell and "lpha"."""
+    found = []
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            bad = [c for c in text if ord(c) < 32 and c not in "\n\t"]
+            if bad:
+                found.append(f"{path.name} cell {cell.get('id')}: {sorted(set(map(repr, bad)))}")
+    assert not found, found
+
+
 def test_committed_notebooks_are_valid_and_named_in_course_order():
     import nbformat
 
