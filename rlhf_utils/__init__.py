@@ -16,7 +16,10 @@ One module per idea (the README's module map says what each holds):
   (DPO, IPO, best-of-n);
 * measuring -- ``evaluation``, ``overoptimisation`` (reward hacking: proxy against gold as KL
   grows, early stopping, biased labels), ``reward_ensemble`` (an ensemble and its disagreement
-  as a penalty), ``plotting``; the course runner -- ``course``.
+  as a penalty), ``plotting``;
+* the loop, live (notebook 09) -- ``active`` (which pair to ask next), ``live_threads`` (the
+  reader's session and the training thread), ``live_loop`` (the rounds, durable state);
+* the course runner -- ``course``.
 
 Importing the package is cheap: nothing heavy (torch, transformers) is imported until a
 submodule is used, either explicitly (``from rlhf_utils import lm``) or as an attribute
@@ -34,7 +37,7 @@ _SUBMODULES = (
     "config", "checks", "runtime", "reproducibility", "ops", "world", "report", "lm", "gpt2_decoder", "checkpoints", "rl", "bandit",
     "cartpole", "text_env", "feedback", "annotators", "rating", "widgets", "preferences", "reward",
     "reward_shaping", "value_head", "ppo", "critic_free", "ppo_checkpoint", "ppo_cli", "dpo", "evaluation",
-    "overoptimisation", "reward_ensemble", "plotting", "course",
+    "overoptimisation", "reward_ensemble", "plotting", "active", "live_threads", "live_loop", "course",
 )
 
 

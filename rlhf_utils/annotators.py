@@ -9,6 +9,8 @@
    with gold scores :math:`g`, temperature :math:`T`, an optional position bias
    :math:`\\beta_{pos}` (``s = +1`` when ``a`` is shown first, ``-1`` otherwise) and an
    optional preference for length :math:`\\lambda` per word.
+   :func:`scripted_reader` makes it rate through a rating session's own handlers (notebook 09's
+   scripted reader: simulated, and named so).
 2. **Agreement** between any two raters (raw agreement and Cohen's kappa, Cohen 1960),
    and the best accuracy the annotator's noise allows (:func:`best_accuracy`).
 """
@@ -103,6 +105,31 @@ class SimulatedAnnotator:
         return [pair_record(p, a, b, c, annotator=self.name, swapped=bool(s),
                             source=source, annotator_model=note)
                 for (p, a, b), c, s in zip(pairs, choices, swapped)]
+
+
+SCRIPTED_READER = "simulated-scripted-reader"
+"""Annotator name of :func:`scripted_reader`'s verdicts. It starts with ``simulated``, so
+:func:`rlhf_utils.preferences.is_reader` counts them as the simulated annotator's, never as a person's."""
+
+
+def scripted_reader(session: Any, annotator: SimulatedAnnotator, n: int,
+                    rng: np.random.Generator | int | None = 0) -> int:
+    """The simulated annotator rating through a session's own handlers, as a reader clicking the
+    buttons would: for the pair on screen it samples a verdict (the side shown first, ``A``, is
+    ``a`` unless the entry is ``swapped``) and calls ``session.choose("A")`` or ``("B")`` -- the
+    call the widget's buttons make. Stops after ``n`` verdicts, or when nothing is left to rate.
+    Returns how many it gave. Start the session with ``session.start(SCRIPTED_READER)`` first, so
+    the records say who gave them."""
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    given = 0
+    while given < n and (entry := session.current) is not None:
+        a, b = entry.completions
+        a_first = not entry.swapped
+        choice = annotator.label([a], [b], a_first, rng, prompts=[entry.prompt])[0]
+        if session.choose("A" if (choice == "a") == a_first else "B") is None:
+            break
+        given += 1
+    return given
 
 
 def best_accuracy(gold_gaps: Sequence[float] | np.ndarray, temperature: float) -> float:

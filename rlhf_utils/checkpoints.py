@@ -31,7 +31,7 @@ import torch
 from rlhf_utils.lm import PAD
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-MARKERS = ("config.json", "trainer_state.json", "reward_model.json")
+MARKERS = ("config.json", "trainer_state.json", "reward_model.json", "loop_state.json")
 """A folder holding one of these is a checkpoint that :func:`atomic_folder` may replace."""
 
 

@@ -50,6 +50,19 @@ def is_reader(annotator: str) -> bool:
     return not annotator.startswith(SIMULATED_PREFIX)
 
 
+def reader_agreement(pairs: Sequence[PreferencePair], reward_model) -> tuple[int, float]:
+    """The reader's own agreement with a reward model: of the strict pairs in ``pairs`` that a
+    person judged (:func:`is_reader`), the share the reward model orders as they did
+    (``r(chosen) > r(rejected)``, equal rewards 1/2). Returns ``(n, agreement)``; ``(0, nan)`` when
+    the reader judged none (notebooks 05 and 06 print it)."""
+    from rlhf_utils.reward import evaluate_pairs
+
+    mine = [p for p in pairs if is_reader(p.annotator) and not p.tie]
+    if not mine:
+        return 0, float("nan")
+    return len(mine), float(evaluate_pairs(reward_model, mine).accuracy)
+
+
 def pairs_from_judgements(judgements: Sequence[dict], include_calibration: bool = False
                           ) -> list[PreferencePair]:
     """Live pairwise judgements of the feedback store -> :class:`PreferencePair` list.

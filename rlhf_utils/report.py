@@ -152,6 +152,13 @@ RESULTS: dict[str, list[tuple[str, str]]] = {
            ("training wall time (samples/s): PPO / RLOO / DPO beta={dpo_beta_mid:g} (pairs/s); best-of-n's pool",
             "{ppo_train_s:.1f} s ({ppo_samples_per_s:.0f}) / {rloo_train_s:.1f} s ({rloo_samples_per_s:.0f}) / "
             "{dpo_train_s_mid:.1f} s ({dpo_pairs_per_s_mid:.0f}); {bon_s:.1f} s ({bon_samples_per_s:.0f})")],
+    "09": [("the live loop, {n_labels} scripted-reader labels: policy gold SFT -> after (SFT std); KL; "
+            "seconds from a click batch to new samples (median / max)",
+            "{gold_before:+.3f} -> {gold_after:+.3f} ({gold_std_before:.3f}); KL {kl_after:.2f} nats; "
+            "{median_wait_s:.1f} / {max_wait_s:.1f} s"),
+           ("reward model's gold agreement, round 1 -> last, active / random; labels to reach {target_gold_agreement}",
+            "{rm_gold_agreement_first:.3f} -> {rm_gold_agreement_final:.3f} / {rm_gold_agreement_final_random:.3f}; "
+            "{labels_to_target_active:.0f} / {labels_to_target_random:.0f}")],
 }
 """What the README's results table shows of each notebook: (what, how), formatted from its figures"""
 

@@ -16,10 +16,16 @@ again after each button click (``Text.focus()``, ipywidgets 8).
 Front end: :func:`widget_frontend` decides whether a widget can be shown (rule in its
 docstring). Without one, :func:`show` prints why and the notebook falls back to the
 simulated annotator.
+
+The live loop (notebook 09): :func:`live_loop_widget` is the pairwise widget on a
+:class:`rlhf_utils.live_threads.LiveSession` with a panel below it, redrawn whenever a label
+comes in or a round ends -- from the loop's worker thread too, which is why every drawing holds
+the session's lock (trait changes made on another thread are sent to the page as comm messages).
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 from typing import Any, Callable
@@ -149,7 +155,13 @@ def rating_widget(session: Session):
     box = w.VBox([guidelines, rating, status, message])
     box.add_class("rlhf-rate")
 
+    lock = getattr(session, "lock", None) or contextlib.nullcontext()  # a live session is shared by two threads
+
     def render() -> None:
+        with lock:
+            _render()
+
+    def _render() -> None:
         guidelines.layout.display = "none" if session.started else None
         rating.layout.display = None if session.started and session.entries else "none"
         view = session.view()
@@ -204,6 +216,7 @@ def rating_widget(session: Session):
     session.on_rater_change.append(on_rater_change)
     render()
     box.session = session  # handy in a notebook: widget.session
+    box.render = render  # redraw from outside (the live loop, when new pairs come in)
     return box
 
 
@@ -220,3 +233,57 @@ def show(session: Session) -> bool:
 
     display(rating_widget(session))
     return True
+
+
+# --------------------------------------------------------------------------------------
+# The live loop: the pairwise widget and a panel (notebook 09)
+# --------------------------------------------------------------------------------------
+
+
+def live_panel_html(summary: dict, k: int) -> str:
+    """The live panel's HTML from :meth:`rlhf_utils.live_loop.LiveLoop.summary` (escaped)."""
+    s, esc = summary, html.escape
+    state = {"training": f"training round {s['round'] + 1}…", "stopped": "<b style='color:#b00'>stopped</b>",
+             "paused": "paused"}.get(s["status"], f"waiting for {max(0, k - s['queued'])} more label(s)")
+    queued = (f"<b>{s['queued']} queued</b> for the next round (you rate faster than it trains: none is lost)"
+              if s["queued"] >= k and s["status"] == "training" else f"{s['queued']} queued")
+    rows = "".join(f"<tr><td>{esc(p)}</td><td>{esc(b)}</td><td>{esc(a)}</td></tr>" for p, b, a in s["samples"])
+    error = f"<div class='rlhf-live-error' style='color:#b00'>{esc(s['error'])}</div>" if s["error"] else ""
+    return (f"<div class='rlhf-live-status'><b>The loop, live</b> · round <span class='rlhf-live-round'>{s['round']}"
+            f"</span> · {state}</div>"
+            f"<div>labels: <span class='rlhf-live-labels'>{s['labels']}</span> ({s['reader']} from you · {s['scripted']} "
+            f"from the scripted reader, a simulated annotator, not counted as yours · {s['simulated']} simulated) · "
+            f"{queued} · {s['to_rate']} pair(s) to rate</div>"
+            f"<div>reward model: agreed with <b>{s['prequential']:.2f}</b> of the last {s['prequential_n']} labels "
+            f"before training on them · with the gold order <b>{s['rm_gold_agreement']:.2f}</b></div>"
+            f"<div>policy: gold reward <b>{s['policy_gold']:+.3f}</b> (SFT {s['sft_gold']:+.3f}) · KL to SFT "
+            f"{s['policy_kl']:.2f} nats · last round {s['round_seconds']:.1f} s</div>"
+            f"<table class='rlhf-live-samples'><tr><th>prompt</th><th>before (SFT)</th><th>now</th></tr>{rows}</table>"
+            + error)
+
+
+def live_loop_widget(loop, session):
+    """The pairwise widget on the loop's ``session`` and the live panel below it, with a button
+    that trains on the queued labels at once. Redrawn on every label and every round."""
+    import ipywidgets as w
+
+    rate = rating_widget(session)
+    panel = w.HTML()
+    panel.add_class("rlhf-live-panel")
+    now = w.Button(description="Train on the queued labels now", layout=w.Layout(width="max-content"))
+    now.on_click(lambda _b: loop.train_now())
+    shown = {"entries": len(session.entries)}
+
+    def draw() -> None:
+        with session.lock:
+            if len(session.entries) != shown["entries"]:  # the worker added pairs: redraw the rating part too
+                shown["entries"] = len(session.entries)
+                rate.render()
+            panel.value = live_panel_html(loop.summary(), loop.cfg.k)
+
+    loop.on_update.append(draw)
+    draw()
+    box = w.VBox([rate, panel, now])
+    box.add_class("rlhf-live")
+    box.session, box.loop, box.draw = session, loop, draw
+    return box

@@ -13,24 +13,16 @@ progress, and resume without the name being typed again (issue 13).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import nbformat
 import pytest
+from lab_helpers import ARTIFACTS, REPO, jupyterlab, open_notebook, restart_kernel, run_first_cell
 
 from rlhf_utils.feedback import FeedbackStore, live_judgements
 from rlhf_utils.rating import PairwiseSession
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
 PAIRS = [
     ("i watched this film .", "the acting was great .", "the acting was awful ."),
     ("i read this book .", "the plot was lovely . i loved it .", "the plot was dull . i hated it ."),
@@ -38,13 +30,6 @@ PAIRS = [
     ("i heard this album .", "the songs were fantastic .", "the songs were boring ."),
     ("i saw this film .", "overall , it was brilliant .", "overall , it was terrible ."),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 READER_NAME = "Ada"
 
@@ -73,61 +58,13 @@ def _score_cell(store: Path) -> str:
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     store = root / "ratings.jsonl"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(_widget_cell(store)), nbformat.v4.new_code_cell(_score_cell(store))]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, root / "rate.ipynb")
-    port = _free_port()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".cfg"), "JUPYTER_RUNTIME_DIR": str(root / ".run"),
-           "PYTHONPATH": str(REPO)}
-    log = open(root / "lab.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--allow-root", "--IdentityProvider.token=",
-         "--ServerApp.open_browser=False", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-         "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/status", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
-            time.sleep(0.5)
-    try:
+    with jupyterlab(root, "rate.ipynb", [_widget_cell(store), _score_cell(store)]) as url:
         yield url, root, store
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _wait_for_kernel(page, timeout_ms=120_000):
-    """Wait until a kernel is attached and idle (the status reads 'idle' before one is attached)."""
-    page.wait_for_function(
-        """() => {
-            const name = document.querySelector('.jp-NotebookPanel-toolbar .jp-KernelName, '
-                                                + '.jp-NotebookPanel-toolbar [data-jp-item-name="kernelName"]');
-            if (!name) return false;
-            const text = name.textContent.trim();
-            if (!text || text.includes('No Kernel')) return false;
-            const status = document.querySelector('.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator');
-            return !status || (status.getAttribute('data-status') || 'idle') === 'idle';
-        }""", timeout=timeout_ms)
 
 
 def _run_widget_cell(page):
     """Run both cells (the pairwise widget, then the score widget); the pairwise Start button."""
-    page.locator(".jp-Cell .cm-content").first.click()
-    page.keyboard.press("Escape")          # command mode, on the cell
-    page.keyboard.press("Shift+Enter")
+    run_first_cell(page)
     page.get_by_role("button", name="Start rating").first.wait_for(timeout=60_000)
     page.keyboard.press("Shift+Enter")     # the score widget's cell
     page.wait_for_function("() => document.querySelectorAll('.rlhf-rate').length == 2", timeout=60_000)
@@ -157,11 +94,7 @@ def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
     page = chromium_browser.new_page(viewport={"width": 1300, "height": 900})
     page.set_default_timeout(60_000)
     try:
-        page.goto(f"{url}/lab/tree/rate.ipynb")
-        _wait_for_kernel(page)
-        news = page.get_by_role("button", name="No", exact=True)   # "notified about Jupyter news?" toast
-        if news.count():
-            news.first.click()
+        open_notebook(page, url)
         start = _run_widget_cell(page)
         assert "How to judge" in page.locator(".rlhf-guidelines").first.inner_text()
         _name_box(page, 0).fill(READER_NAME)   # the reader's name, typed once
@@ -213,11 +146,7 @@ def test_pairwise_widget_in_jupyterlab(lab, chromium_browser):
         assert (scored["kind"], scored["score"], scored["annotator"]) == ("score", 5, READER_NAME)
 
         # restart the kernel; the widget resumes where it stopped
-        page.get_by_role("menuitem", name="Kernel").click()
-        page.get_by_role("menuitem", name="Restart Kernel…").click()
-        page.locator(".jp-Dialog .jp-mod-accept").click()
-        page.wait_for_timeout(1500)
-        _wait_for_kernel(page)
+        restart_kernel(page)
         start = _run_widget_cell(page)
         # before anyone types: both widgets greet the same reader, each with their own progress
         assert _name_box(page, 0).input_value() == READER_NAME == _name_box(page, 1).input_value()

@@ -36,6 +36,7 @@ COURSE = {
     "06": "ppo_rlhf",
     "07": "evaluation_and_reward_hacking",
     "08": "beyond_ppo",
+    "09": "live_loop",
 }
 
 #: What each notebook claims: expressions over the figures it reported, all must hold.
@@ -83,6 +84,15 @@ CHECKS: dict[str, list[str]] = {
         "early_stop_gold >= gold_peak - 0.1 and early_stop_gold > gold_final",  # early stopping keeps (near) the peak
         "ensemble_gold_peak > gold_peak + 0.05",  # the ensemble's run peaks higher than the single model's
     ],
+    "09": [
+        "n_reader_labels == 0",  # the scripted reader's labels are never counted as the reader's own
+        "n_labels == n_labels_random and n_scripted_labels == n_labels + n_labels_random",  # every click, none lost
+        "median_wait_s < 60 and max_wait_s < 120",  # new samples within a minute of a click batch (2 cores)
+        "gold_after - gold_before >= 0.5 * gold_std_before",  # the labels steered the policy (measured about 1 std)
+        "rm_gold_agreement_final > rm_gold_agreement_first + 0.02",  # and taught the reward model
+        "kl_after < 10",
+        "resumed_round == rounds_before_restart and resumed_labels == labels_before_restart",  # durable
+    ],
     "05": [
         # near the noise ceiling (target 0.90 of it; measured 0.94 at quick)
         "heldout_label_accuracy >= 0.85 * best_gold_agreement_allowed",
@@ -126,6 +136,7 @@ NEEDS: dict[str, list[str]] = {
     "06": ["03", "05"],  # SFT policy, reward model
     "07": ["03", "04", "05", "06"],  # SFT, preferences (relabelled, ensemble), reward model, RLHF policy
     "08": ["03", "04", "05"],  # SFT, preferences, reward model
+    "09": ["03", "05", "06"],  # SFT; notebook 05's reward model and 06's policy for comparison
 }
 
 #: Names a check may use besides the figures.
@@ -243,3 +254,42 @@ def test_a_notebook_whose_input_does_not_exist_yet_is_not_run(tmp_path):
     run = course.get("05")
     assert run.status == "not run"
     assert run.error == "not run: it needs 03_supervised_finetuning, which does not exist yet"
+
+
+READER = "Ada (scripted test reader)"
+N_READER = 100
+
+
+@pytest.mark.notebook
+def test_reader_labels_flow_through_05_and_06(course, tmp_path):
+    """A preference store holding reader labels (scripted: the first 100 judgements of notebook 04's
+    file, signed with a person's name): notebooks 05 and 06 say how many of them they train on and the
+    reader's own agreement with the reward model."""
+    import shutil
+
+    from rlhf_utils import feedback as fb
+
+    for number in ("03", "04"):
+        run = course.get(number)
+        if not run.ok:
+            pytest.skip(f"{run.name} did not run: {run.status}")
+    src_fb, src_ck = Path(course.env["RLHF_FEEDBACK"]), Path(course.env["RLHF_CHECKPOINTS"])
+    fb_dir, ck_dir = tmp_path / "feedback", tmp_path / "checkpoints"
+    fb_dir.mkdir()
+    shutil.copytree(src_ck / "sft", ck_dir / "sft")
+    records = fb.load_records(src_fb / "preferences.jsonl")
+    decisive = [i for i, r in enumerate(records) if r["kind"] == "pair" and r["choice"] in ("a", "b")][:N_READER]
+    records = [dict(r, annotator=READER) if i in set(decisive) else r for i, r in enumerate(records)]
+    fb.write_preferences(fb_dir / "preferences.jsonl", records)
+    env = {"RLHF_FEEDBACK": str(fb_dir), "RLHF_CHECKPOINTS": str(ck_dir)}
+    runs = {}
+    for number in ("05", "06"):
+        runs[number] = run_notebook(course.notebooks[number], course.scale, tmp_path / "runs", timeout=course.timeout,
+                                    env=env)
+        assert runs[number].ok, runs[number].describe_failure()
+    f5, f6 = runs["05"].figures, runs["06"].figures
+    assert f5["n_reader_labels"] == f6["n_reader_labels"] == N_READER
+    assert 0.6 * N_READER <= f5["n_reader_train_labels"] == f6["n_reader_train_labels"] < N_READER
+    assert f5["n_reader_heldout_labels"] == N_READER - f5["n_reader_train_labels"]
+    assert f5["reader_rm_agreement"] > 0.6 and f6["reader_rm_agreement"] == pytest.approx(f5["reader_rm_agreement"])
+    assert "your labels: 100 in all" in Path(runs["05"].executed_path).read_text()
