@@ -31,7 +31,7 @@ import stable_baselines3  # noqa: F401
 import torch
 
 from rlhf_utils.config import CartPoleConfig
-from rlhf_utils.cartpole import PPOAgent, evaluate_policy
+from rlhf_utils.cartpole import PPOAgent, episode_returns
 
 
 def run_ours(steps: int, seed: int, threads: int) -> tuple[float, float, float]:
@@ -62,7 +62,7 @@ def run_sb3(steps: int, seed: int, threads: int) -> tuple[float, float]:
     def act(obs):
         return int(model.predict(obs, deterministic=True)[0])
 
-    return wall, float(np.mean(evaluate_policy(act, "CartPole-v1", 10)))
+    return wall, float(np.mean(episode_returns(act, "CartPole-v1", 10)))
 
 
 def main() -> None:

@@ -119,7 +119,7 @@ def check_discrete_env(envs) -> tuple[int, int]:
     return int(obs_space.shape[0]), int(act_space.n)
 
 
-def evaluate_policy(
+def episode_returns(
     act: Callable[[np.ndarray], int], env_id: str = "CartPole-v1", n_episodes: int = 10, seed: int = 10_000
 ) -> list[float]:
     """Returns of ``n_episodes`` episodes of ``act`` (observation -> action) on fresh
@@ -248,7 +248,7 @@ class PPOAgent:
     def evaluate(self, n_episodes: int | None = None, seed: int = 10_000) -> list[float]:
         """Returns of the greedy policy over ``n_episodes`` (config.eval_episodes) episodes."""
         with torch_threads(self.config.torch_threads):
-            return evaluate_policy(self.act, self.config.env_id, n_episodes or self.config.eval_episodes, seed)
+            return episode_returns(self.act, self.config.env_id, n_episodes or self.config.eval_episodes, seed)
 
     # ---- training ----------------------------------------------------------------------
 

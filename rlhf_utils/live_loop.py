@@ -60,7 +60,7 @@ from rlhf_utils.evaluation import pairwise_agreement
 from rlhf_utils.feedback import SCHEMA_VERSION, FeedbackStore, live_judgements
 from rlhf_utils.live_threads import LiveSession, LoopWorker
 from rlhf_utils.preferences import PreferencePair, is_reader, pairs_from_judgements
-from rlhf_utils.reward import RewardModel, bradley_terry_loss
+from rlhf_utils.reward import RewardModel, bradley_terry_loss, pair_rewards, pair_tensors
 from rlhf_utils.reward_ensemble import bootstrap_pairs
 
 FORMAT = "rlhf_utils.live_loop/1"
@@ -80,19 +80,14 @@ def reward_updates(model: RewardModel, pairs: Sequence[PreferencePair], steps: i
     on ``batch_size`` pairs drawn without replacement from all ``pairs`` (all of them when fewer).
     Warm: the model and ``optimizer`` carry on from where they were. Returns the losses; a loss
     that is not finite raises ``FloatingPointError`` before the step is taken."""
-    from rlhf_utils.ops import pad_left
-
-    chosen = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
-    rejected = model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
-    tie = torch.tensor([p.tie for p in pairs], dtype=torch.bool)
+    chosen, rejected, tie = pair_tensors(model, pairs)
     model.requires_grad_(True).train()
     losses = []
     try:
         for step in range(steps):
             idx = torch.randperm(len(pairs), generator=generator)[:batch_size].tolist()
-            x, m = pad_left([chosen[i] for i in idx] + [rejected[i] for i in idx], model.tokenizer.pad_token_id)
-            r = model(x.to(model.device), m.to(model.device))  # [2b]: chosen, then rejected
-            loss = bradley_terry_loss(r[:len(idx)], r[len(idx):], tie[idx].to(model.device))
+            r_chosen, r_rejected = pair_rewards(model, [chosen[i] for i in idx], [rejected[i] for i in idx])
+            loss = bradley_terry_loss(r_chosen, r_rejected, tie[idx].to(model.device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"reward-model step {step + 1}: the Bradley-Terry loss is {loss.item()} "
                                          "(not finite): lower rm_learning_rate")
@@ -331,10 +326,14 @@ class LiveLoop(LoopWorker):
     def _gold_mean(self, prompts: list[str], texts: list[str]) -> float:
         return float("nan") if self.gold is None else float(np.mean(self.gold(texts, prompts)))
 
+    def _margins(self, pairs: Sequence[tuple[str, str, str]]) -> np.ndarray:
+        """``r(a) - r(b)`` of each ``(prompt, a, b)`` under the reward model PPO trains against (raw scale)."""
+        prompts = [p for p, _, _ in pairs]
+        return (self.rm.raw_score(prompts, [a for _, a, _ in pairs])
+                - self.rm.raw_score(prompts, [b for _, _, b in pairs])).cpu().numpy()
+
     def _agreement(self, pairs: Sequence[tuple[str, str, str]], d_gold: np.ndarray) -> float:
-        r_a = self.rm.raw_score([p for p, _, _ in pairs], [a for _, a, _ in pairs]).cpu().numpy()
-        r_b = self.rm.raw_score([p for p, _, _ in pairs], [b for _, _, b in pairs]).cpu().numpy()
-        return pairwise_agreement(r_a - r_b, d_gold)
+        return pairwise_agreement(self._margins(pairs), d_gold)
 
     def gold_gaps(self, pairs: Sequence[tuple[str, str, str]]) -> np.ndarray:
         prompts = [p for p, _, _ in pairs]
@@ -352,8 +351,7 @@ class LiveLoop(LoopWorker):
         self._in_round = {r["id"] for r in new}
         pairs, fresh = pairs_from_judgements(labels), pairs_from_judgements(new)
         strict = [p for p in fresh if not p.tie]
-        d_new = (self.rm.raw_score([p.prompt for p in strict], [p.chosen for p in strict])
-                 - self.rm.raw_score([p.prompt for p in strict], [p.rejected for p in strict])).cpu().numpy()
+        d_new = self._margins([(p.prompt, p.chosen, p.rejected) for p in strict])
         prequential = [float(x) for x in np.where(d_new > 0, 1.0, np.where(d_new == 0, 0.5, 0.0))]  # test, then train
         losses = reward_updates(self.rm, pairs, c.rm_steps, c.rm_batch_size, self.rm_opts[0], self.generator)
         for k, (member, opt) in enumerate(zip(self.members[1:], self.rm_opts[1:]), start=1):
@@ -392,7 +390,7 @@ class LiveLoop(LoopWorker):
         self.history.append(row)
         self.round += 1
         self.save()
-        self._in_round, self.round_seconds = set(), time.perf_counter() - t0
+        self._in_round = set()
         return offer
 
 def run_scripted_reader(loop: LiveLoop, annotator, n_labels: int, seed: int = 0, timeout: float = 600,

@@ -396,7 +396,7 @@ class RewardModel(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def _pair_tensors(model: RewardModel, pairs: Sequence[PreferencePair]):
+def pair_tensors(model: RewardModel, pairs: Sequence[PreferencePair]):
     """Pre-tokenised chosen and rejected ids and the tie flags."""
     chosen = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
     rejected = model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
@@ -404,7 +404,7 @@ def _pair_tensors(model: RewardModel, pairs: Sequence[PreferencePair]):
     return chosen, rejected, tie
 
 
-def _pair_rewards(model: RewardModel, chosen: list, rejected: list) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_rewards(model: RewardModel, chosen: list, rejected: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw rewards of chosen and rejected, in one forward pass: ([B], [B])."""
     x, m = pad_left(list(chosen) + list(rejected), model.tokenizer.pad_token_id)
     r = model(x.to(model.device), m.to(model.device))  # [2B]
@@ -432,7 +432,7 @@ class PairEvaluation:
 def evaluate_pairs(model: RewardModel, pairs: Sequence[PreferencePair], batch_size: int = 256,
                    margin: float = 0.0) -> PairEvaluation:
     """Loss, accuracy and predicted probabilities of ``model`` on ``pairs`` (no grad)."""
-    chosen, rejected, tie = _pair_tensors(model, pairs)
+    chosen, rejected, tie = pair_tensors(model, pairs)
     rc = model._score_ids(chosen, batch_size).double().cpu()
     rr = model._score_ids(rejected, batch_size).double().cpu()
     loss = bradley_terry_loss(rc, rr, tie, margin).item() if len(pairs) else float("nan")
@@ -477,7 +477,7 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
     if len(eval_pairs) == 0:
         raise ValueError("No held-out pairs: early stopping needs some (see split_pairs).")
     g = torch.Generator().manual_seed(config.seed)
-    chosen, rejected, tie = _pair_tensors(model, train_pairs)
+    chosen, rejected, tie = pair_tensors(model, train_pairs)
     n = len(train_pairs)
     steps_per_epoch = math.ceil(n / config.batch_size)
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
@@ -508,7 +508,7 @@ def train_reward_model(model: RewardModel, train_pairs: Sequence[PreferencePair]
         order = torch.randperm(n, generator=g)
         for i in range(0, n, config.batch_size):
             idx = order[i:i + config.batch_size].tolist()
-            rc, rr = _pair_rewards(model, [chosen[j] for j in idx], [rejected[j] for j in idx])
+            rc, rr = pair_rewards(model, [chosen[j] for j in idx], [rejected[j] for j in idx])
             t = tie[idx].to(model.device)
             loss = bradley_terry_loss(rc, rr, t, config.margin)
             for group in opt.param_groups:  # cosine decay from lr to lr / 10 (InstructGPT: cosine)

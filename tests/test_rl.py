@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rlhf_utils.bandit import Bandit, reinforce_gradient_samples, train_bandit
-from rlhf_utils.cartpole import AgentHistory, ActorCritic, PPOAgent, a2c_config, evaluate_policy, torch_threads
+from rlhf_utils.cartpole import AgentHistory, ActorCritic, PPOAgent, a2c_config, episode_returns, torch_threads
 from rlhf_utils.config import CartPoleConfig
 from rlhf_utils.rl import (
     approx_kl,
@@ -460,10 +460,10 @@ def test_agent_history_curve_is_a_trailing_mean():
     assert empty_steps.size == 0 and empty_curve.size == 0
 
 
-def test_evaluate_policy_is_seeded_and_counts_every_step():
+def test_episode_returns_is_seeded_and_counts_every_step():
     always_left = lambda obs: 0  # noqa: E731 -- falls over in ~10 steps
-    a = evaluate_policy(always_left, n_episodes=3, seed=5)
-    assert a == evaluate_policy(always_left, n_episodes=3, seed=5)
+    a = episode_returns(always_left, n_episodes=3, seed=5)
+    assert a == episode_returns(always_left, n_episodes=3, seed=5)
     assert len(a) == 3 and all(5 <= r < 30 and r == int(r) for r in a)
 
 
