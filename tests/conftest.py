@@ -35,6 +35,18 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster on a loaded machine): a module that
+    sets ``pytestmark = pytest.mark.usefixtures("one_thread")`` runs on one, and restores the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def chromium_browser():
     """A headless Playwright ``Browser`` on Debian's Chromium; closed after the test module.
 

@@ -309,10 +309,7 @@ def test_load_trl_preferences_bad_files(tmp_path):
 
 def test_trl_dpo_trainer_takes_the_written_file(tmp_path):
     from datasets import load_dataset
-    from test_feedback import _tiny_tokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from trl import DPOConfig as TRLDPOConfig
-    from trl import DPOTrainer
+    from test_feedback import _tiny_tokenizer, trl_dpo_one_step
 
     rng = np.random.default_rng(0)
     words = ["great", "awful", "good", "bad"]
@@ -321,15 +318,7 @@ def test_trl_dpo_trainer_takes_the_written_file(tmp_path):
     path = P.write_trl_preferences(tmp_path / "preferences_trl.jsonl", judgements)
     ds = load_dataset("json", data_files=str(path), split="train")
     tokenizer = _tiny_tokenizer(list(ds["prompt"]) + list(ds["chosen"]) + list(ds["rejected"]))
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2,
-                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                       bos_token_id=tokenizer.eos_token_id))
-    args = TRLDPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=4,
-                        learning_rate=1e-2, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True)
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=ds,
-                         processing_class=tokenizer)
-    result = trainer.train()
+    trainer, result, _ = trl_dpo_one_step(ds, tokenizer, tmp_path / "dpo")
     assert result.global_step == 1 and result.training_loss == pytest.approx(math.log(2), abs=1e-4)
     row = trainer.train_dataset[0]
     assert tokenizer.unk_token_id not in row["prompt_ids"] + row["chosen_ids"] + row["rejected_ids"]

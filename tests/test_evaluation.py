@@ -20,12 +20,7 @@ WORLD = World(0)
 SMALL = LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

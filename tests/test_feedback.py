@@ -409,26 +409,34 @@ def test_committed_example_store_loads():
     assert len(to_preference_dataset(live_judgements(records))) >= 2
 
 
-def test_export_trains_trl_dpo_trainer_one_step(tmp_path):
+def trl_dpo_one_step(ds, tokenizer, out_dir):
+    """One step of TRL's DPOTrainer on ``ds`` with a tiny GPT-2 (its own reference, a copy).
+    Returns (trainer, train result, the parameters before the step)."""
     import copy
 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from trl import DPOConfig, DPOTrainer
 
-    ds, tokenizer = _tiny_preference_data(seed=1)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2,
                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                        bos_token_id=tokenizer.eos_token_id))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=4,
+    args = DPOConfig(output_dir=str(out_dir), max_steps=1, per_device_train_batch_size=4,
                      learning_rate=1e-2, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True)
     trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=ds,
                          processing_class=tokenizer)
-    result = trainer.train()
+    return trainer, trainer.train(), before
+
+
+def test_export_trains_trl_dpo_trainer_one_step(tmp_path):
+    import torch
+
+    ds, tokenizer = _tiny_preference_data(seed=1)
+    trainer, result, before = trl_dpo_one_step(ds, tokenizer, tmp_path / "dpo")
     # at step 0 policy == reference, so the DPO loss is exactly log 2
     assert result.global_step == 1 and result.training_loss == pytest.approx(np.log(2), abs=1e-4)
-    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
     row = trainer.train_dataset[0]
     assert tokenizer.unk_token_id not in row["prompt_ids"] + row["chosen_ids"] + row["rejected_ids"]

@@ -28,13 +28,7 @@ TINY = LMConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64, seed=0)
 PROMPTS = ["i loved this film .", "i hated this book . the story was", "i tried this place . the food"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ PROMPTS = WORLD.prompts(40, seed=12)
 TINY = PPOConfig(steps=3, batch_size=8, num_minibatches=2, update_epochs=1, max_new_tokens=10, learning_rate=1e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
