@@ -354,6 +354,13 @@ class PPOConfig:
     """LoRA scaling alpha (the update is scaled by alpha / r)"""
     bf16: bool = True
     """bf16 autocast on a GPU that supports it (ignored on the CPU)"""
+    torch_compile: bool = False
+    """``torch.compile`` the update's forward (policy and value head, dynamic shapes): the same
+    losses to float rounding, checked at the start (:mod:`rlhf_utils.checked_compile`); where
+    compiling fails (no C++ compiler, an unsupported model) the trainer warns and trains
+    uncompiled. Off by default: on the course's CPU, compiling takes 10-30 s and the update
+    gains a few percent (``benchmarks/ppo_vs_trl.py --compile`` prints both); on a GPU, measure
+    it with ``benchmarks/ppo_full_scale.py --compile``."""
     seed: int = 0
     """seed of prompts, sampling and batch order"""
 
@@ -362,7 +369,7 @@ class PPOConfig:
                       "kl_horizon max_new_tokens n_prompts n_eval lora_alpha group_size", ints0="lora_r",
                       positive="learning_rate adam_eps clip_coef temperature max_grad_norm kl_target",
                       nonneg="vf_coef ent_coef init_kl_coef", unit="gamma gae_lambda", inf_ok="clip_coef max_grad_norm",
-                      flags="anneal_lr norm_adv adaptive_kl whiten_rewards bf16 scale_rewards", optional="vf_clip_coef",
+                      flags="anneal_lr norm_adv adaptive_kl whiten_rewards bf16 scale_rewards torch_compile", optional="vf_clip_coef",
                       choices={"kl_estimator": ("k1", "k2", "k3"), "kl_in": ("reward", "loss"),
                                "advantage_estimator": ("gae", "rloo", "grpo"),
                                "loss_aggregation": ("token", "sequence", "constant")})

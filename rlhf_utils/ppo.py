@@ -54,6 +54,7 @@ import torch.nn as nn
 from torch.profiler import record_function
 
 from rlhf_utils import lm, rl
+from rlhf_utils.checked_compile import checked_compile
 from rlhf_utils.checks import check_int, check_texts
 from rlhf_utils.config import PPOConfig, get_device, get_dtype
 from rlhf_utils.ops import explained_variance, kl_estimate, logprobs_and_entropy, masked_mean, masked_sum, masked_whiten
@@ -125,7 +126,9 @@ class PPOTrainer:
     adds figures to each step's log (the course logs the gold reward this way).
 
     Runs on one process, or under ``accelerate launch`` on several: each process samples its
-    share of the batch and DDP averages the gradients (Hugging Face ``accelerate``).
+    share of the batch and DDP averages the gradients (Hugging Face ``accelerate``). With
+    ``config.torch_compile`` the update's forward is compiled (:attr:`compiled` says whether it
+    took); everything else runs as written here.
     """
 
     def __init__(self, policy: nn.Module, tokenizer, reward, prompts: Sequence[str],
@@ -167,6 +170,7 @@ class PPOTrainer:
         optimizer = torch.optim.Adam(params, lr=c.learning_rate, eps=c.adam_eps,
                                      fused=self.device.type in ("cpu", "cuda"))  # one kernel for all parameters
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.forward = self._compiled_forward() if c.torch_compile else self.model  # the update's forward
         self.kl_ctl = (AdaptiveKLController(c.init_kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl
                        else FixedKLController(c.init_kl_coef))
         self.prompt_gen = torch.Generator().manual_seed(c.seed)  # the same on every process
@@ -278,9 +282,26 @@ class PPOTrainer:
         """``(logprobs, entropy, values)``, each ``[B, R]``, of the responses in a ``[prompt |
         response]`` batch whose last prompt token is at column ``start``: one pass of the
         transformer, the log-softmax taken once at the sampling temperature."""
-        logits, values = self.model(input_ids, attention_mask, start)  # [B, R, V], [B, R]
+        logits, values = self.forward(input_ids, attention_mask, start)  # [B, R, V], [B, R]
         logprobs, entropy = logprobs_and_entropy(logits.float() / self.config.temperature, response_ids)
         return logprobs, entropy, values.float()
+
+    @property
+    def compiled(self) -> bool:
+        """True if the update's forward runs compiled (``torch_compile`` asked and it worked)."""
+        return self.forward is not self.model
+
+    def _compiled_forward(self) -> Callable:
+        """The update's forward compiled (shapes dynamic: each minibatch has its own width),
+        checked once here against the uncompiled one on a small batch, so that a failure shows
+        at the start; on any failure a warning and the uncompiled forward
+        (:func:`rlhf_utils.checked_compile.checked_compile`)."""
+        vocab = self.accelerator.unwrap_model(self.model).lm.get_input_embeddings().weight.shape[0]
+        ids = torch.arange(2 * 8, device=self.device).view(2, 8) % vocab  # [2, 8]
+        return checked_compile(
+            self.model, (ids, torch.ones_like(ids), 2), lambda logits, values: logits.float().logsumexp(-1).sum()
+            + values.float().sum(), tolerance=1e-3 if self.accelerator.mixed_precision == "no" else 5e-2,
+            autocast=self.accelerator.autocast, no_sync=lambda: self.accelerator.no_sync(self.model), what="the policy")
 
     # ---- 1-2. rollout and score -------------------------------------------------------
 

@@ -28,8 +28,8 @@ PARAMS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 VALUE_HEAD_FILE = "value_head.safetensors"
 FORMAT = "rlhf_utils.ppo/2"
-CONFIG_KEYS_FREE_ON_RESUME = ("steps",)
-"""config fields a resumed run may change (it may be made longer or shorter)"""
+CONFIG_KEYS_FREE_ON_RESUME = ("steps", "torch_compile")
+"""config fields a resumed run may change (it may be made longer or shorter, compiled or not)"""
 
 
 def _fingerprint(trainer) -> dict:

@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--save-every", type=int, default=10, help="steps between resumable checkpoints (0: none)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>-state if it exists")
     ap.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the update's forward (PPOConfig.torch_compile)")
     args = ap.parse_args(argv)
     return exit_on_error(PROG, args.debug, _run, args)
 
@@ -63,7 +64,8 @@ def _same(a: Path, b: Path) -> bool:
 def _run(args) -> int:
     # 1. everything that can be checked without loading a model
     preset = get_preset(args.scale)
-    changes = {k: v for k, v in (("steps", args.steps), ("lora_r", args.lora_r)) if v is not None}
+    changes = {k: v for k, v in (("steps", args.steps), ("lora_r", args.lora_r),
+                                 ("torch_compile", args.compile or None)) if v is not None}
     config = dataclasses.replace(preset.ppo, **changes)  # checks --steps >= 1, --lora-r >= 0
     check_int("--save-every", args.save_every, 0, "steps between checkpoints; 0 saves none")
     device = get_device(args.device)

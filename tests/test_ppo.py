@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -381,6 +382,24 @@ def test_command_line_trains_saves_and_resumes(tokenizer, tmp_path, capsys):
     assert state["step"] == 2 and len(state["history"]) == 2
 
 
+def test_command_line_compile_flag_compiles_the_update(tokenizer, tmp_path, monkeypatch, capsys):
+    from rlhf_utils.ppo_cli import main
+
+    compiled = []
+
+    def recording_compile(model, **kwargs):  # stands in for torch.compile: records, then runs uncompiled
+        compiled.append(kwargs)
+        return lambda *args: model(*args)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    policy = lm.build_model(LMConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64), tokenizer)
+    checkpoints.save_checkpoint(policy, tokenizer, tmp_path / "sft")
+    main(["--scale", "quick", "--policy", str(tmp_path / "sft"), "--reward", "gold", "--out", str(tmp_path / "ppo"),
+          "--save-every", "0", "--device", "cpu", "--steps", "1", "--compile"])
+    assert compiled == [{"dynamic": True}]
+    assert "1 PPO steps on 1 process(es)" in capsys.readouterr().out
+
+
 def test_python_m_rlhf_utils_ppo_is_still_the_command_line(monkeypatch, capsys):
     """``python -m rlhf_utils.ppo`` runs rlhf_utils.ppo_cli.main (here in-process, with --help)."""
     import runpy
@@ -451,3 +470,43 @@ def test_update_equals_a_plain_untrimmed_reference(tokenizer, build):
     for name, p in reference.named_parameters():
         assert torch.allclose(trained[name], p, atol=2e-6, rtol=1e-5), name
     assert any(not torch.equal(p, q) for p, q in zip(reference.parameters(), build(tokenizer).parameters()))
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                    reason="torch.compile on the CPU needs a C++ compiler (the fall-back is tested below)")
+def test_torch_compile_reaches_the_parameters_of_the_uncompiled_update(tokenizer):
+    """torch_compile=True runs the update's forward compiled (checked at the start against the
+    uncompiled one); two steps reach the uncompiled trainer's parameters, same seed, to float
+    tolerance -- micro-batches, no_sync and the varying widths included."""
+    config = dataclasses.replace(TINY, steps=2)
+    plain = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, config)
+    compiled = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS,
+                          dataclasses.replace(config, torch_compile=True))
+    assert compiled.compiled and not plain.compiled
+    assert all(p.grad is None for p in compiled.model.parameters())  # the check's gradients are not kept
+    for t in (plain, compiled):
+        t.train(progress=False)
+    trained = _params(compiled.accelerator.unwrap_model(compiled.model))
+    for name, p in _params(plain.accelerator.unwrap_model(plain.model)).items():
+        assert torch.allclose(trained[name], p, atol=1e-5, rtol=1e-4), name
+    assert compiled.history[-1]["objective/kl"] == pytest.approx(plain.history[-1]["objective/kl"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("failure", ["raises", "differs"])
+def test_torch_compile_that_fails_or_differs_warns_and_trains_uncompiled(tokenizer, monkeypatch, failure):
+    """A compiler that is missing (the compiled forward raises) or wrong (its outputs differ):
+    a warning that says so, then the uncompiled forward."""
+    def fake_compile(model, **kwargs):
+        def forward(*args):
+            if failure == "raises":
+                raise RuntimeError("no working C++ compiler")
+            logits, values = model(*args)
+            return logits * 1.5, values
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    with pytest.warns(RuntimeWarning, match=r"torch_compile=True: compiling the policy failed or changed its "
+                                            r"outputs \((RuntimeError: no working C\+\+|AssertionError).*training uncompiled"):
+        t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, torch_compile=True))
+    assert not t.compiled and t.forward is t.model
+    assert math.isfinite(t.step()["loss/policy"])
