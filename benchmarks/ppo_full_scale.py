@@ -10,7 +10,7 @@ gold reward (no reward model needed). PPO settings are the full preset's (batch 
 minibatches of 64, 4 epochs, 64 new tokens, bf16 autocast on a GPU that supports it) unless
 overridden. One step is run first as a warm-up and not timed.
 
-    python benchmarks/ppo_full_scale.py [--steps 5] [--policy DIR] [--device cuda] [--lora-r 16]
+    python benchmarks/ppo_full_scale.py [--steps 5] [--policy DIR] [--device cuda] [--lora-r 16] [--compile]
     python benchmarks/ppo_full_scale.py --device cpu --steps 1 --batch 8 --num-minibatches 2 --max-new-tokens 8   # smoke test
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, peak RSS of the process otherwise.
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: the preset's, 0 = full fine-tuning)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of generate / sample / rollout")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU (default: known GPUs)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the update's forward (PPOConfig.torch_compile)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled step")
     args = ap.parse_args()
     if args.device is None and not torch.cuda.is_available():
@@ -95,7 +96,7 @@ def main() -> None:
 
     preset = get_preset(args.scale)
     changes = {"batch_size": args.batch, "num_minibatches": args.num_minibatches,
-               "max_new_tokens": args.max_new_tokens, "lora_r": args.lora_r}
+               "max_new_tokens": args.max_new_tokens, "lora_r": args.lora_r, "torch_compile": args.compile or None}
     config = dataclasses.replace(preset.ppo, steps=args.steps + 1, **{k: v for k, v in changes.items() if v is not None})
     device = get_device(args.device or "cuda")
     seed_everything(config.seed)
@@ -103,11 +104,13 @@ def main() -> None:
     policy, tokenizer = policy_and_tokenizer(args, preset, world)
     n_params = sum(p.numel() for p in policy.parameters())
     prompts = world.prompts(config.n_prompts, seed=config.seed)
+    start = time.perf_counter()
     trainer = PPOTrainer(policy, tokenizer, gold_reward_fn(world), prompts, config, device=device)
     print(f"{type(policy).__name__}, {n_params / 1e6:.1f} M parameters, on {trainer.device}, "
           f"mixed precision {trainer.accelerator.mixed_precision}; batch {config.batch_size}, "
           f"{config.num_minibatches} minibatches, {config.update_epochs} epochs, {config.max_new_tokens} new tokens, "
-          f"LoRA r {config.lora_r}")
+          f"LoRA r {config.lora_r}; update forward {'compiled' if trainer.compiled else 'not compiled'} "
+          f"(trainer ready in {time.perf_counter() - start:.1f} s)")
 
     trainer.step()  # warm-up: allocator, kernels
     if trainer.device.type == "cuda":

@@ -28,22 +28,36 @@ rate, KL coefficient (TRL: fixed ``beta``; ours: adaptive from the same start), 
 clipping, no gradient checkpointing, one optimisation pass per batch for TRL (its default,
 one optimizer step per 64 completions) and ``update_epochs`` passes of 2 minibatches for ours.
 
-    python benchmarks/ppo_vs_trl.py [--steps 40] [--batch 64] [--threads 1] [--update-epochs 2 1 4] [--rounds 3]
+    python benchmarks/ppo_vs_trl.py [--steps 40] [--batch 64] [--threads 1] [--update-epochs 2 1 4] [--rounds 3] [--compile]
 
-Measured 2026-12-03 on this project's 2-core CPU machine (load 0.7-1.0), the quick SFT policy of
-``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, 3 alternating rounds
-(medians), with the code before the package redesign (commit 9ce750f) in the same alternation:
+``--compile`` adds a run of ours at the preset's epochs with ``PPOConfig.torch_compile``; its
+compiling is the "start-up s" column (trainer construction), not in samples/s.
 
-| trainer | samples/s | / TRL | gold gain | non-generation share of the step |
-|---|---|---|---|---|
-| ours, update_epochs=1 | 531 (before: 526) | 1.75x | +0.506 | 62% |
-| ours, update_epochs=2 (the preset) | 380 (before: 380) | 1.25x | +0.638 | 73% |
-| ours, update_epochs=4 | 236 (before: 234) | 0.78x | +0.644 | 83% |
-| TRL RLOOTrainer | 304 | 1.00x | +0.479 | - |
+Measured 2026-12-03 on this project's 2-core CPU machine (load 0.4-0.9), the quick SFT policy of
+``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, medians of alternating
+rounds. ``--compile``, 3 rounds:
 
-Peak RSS ours / TRL 0.77x (about 415 vs 537 MB). The profile of one step at 2 epochs: sampling
-21%, reference pass 6%, reward 2%, each update epoch ~20%, optimizer 3%; the operators are the
-model's own arithmetic (matrix products 42%, attention 17% of operator time), not Python.
+| trainer | samples/s | / TRL | gold gain | start-up s | non-generation share of the step |
+|---|---|---|---|---|---|
+| ours, update_epochs=1 | 523 | 1.61x | +0.506 | 0.0 | 62% |
+| ours, update_epochs=2 (the preset) | 369 | 1.13x | +0.638 | 0.0 | 73% |
+| ours, update_epochs=4 | 241 | 0.74x | +0.644 | 0.0 | 83% |
+| ours, update_epochs=2, torch_compile | 402 | 1.24x | +0.638 | 10.6 | 73% |
+| TRL RLOOTrainer | 325 | 1.00x | +0.479 | 0.1 | - |
+
+``--update-epochs 2 --compile --rounds 5``: 402 samples/s uncompiled, 415 compiled (+3%, 10.1 s
+compiling with the inductor cache warm, 30 s cold), TRL 354 (1.14x and 1.17x). Compiling changes
+the result only by rounding (the same gold gain to three decimals); at 5-12 ms saved per step
+against 10-30 s of compiling it pays only after thousands of steps here, so the presets leave it off. Peak RSS ours / TRL 0.78x (417 vs 532 MB; 494 compiled).
+The code before the package redesign (commit 9ce750f), alternated with today's in an earlier
+run: 526 / 380 / 234 samples/s at 1 / 2 / 4 epochs against 531 / 380 / 236.
+
+The profile of one step at 2 epochs: sampling 21%, reference pass 7%, reward 2%, each update
+epoch 20%, optimizer 3%; the operators are the model's own arithmetic (matrix products 42%,
+attention 18% of operator time), not Python. Timed alone, one minibatch's forward + backward
+(32 sequences, ~30 columns) is 21 ms, of which the matrix products are about 10 ms, at some 56
+GFLOP/s on one core: PPO's two epochs are four of these, which is why the preset's step is not
+2x TRL's here (see the README).
 
 RLOO does less work per sample (no value function, one pass over each batch); PPO with the
 preset's two epochs spends more per sample and gets more gold reward for it; with one epoch it
@@ -100,17 +114,22 @@ def gold_of(model, tok, world, prompts, max_new_tokens, temperature) -> float:
     return evaluate_policy(model, tok, world, prompts, max_new_tokens, temperature, seed=123).summary()["gold_mean"]
 
 
-def worker_ours(args, update_epochs: int) -> dict:
+def worker_ours(args, update_epochs: int, torch_compile: bool = False) -> dict:
     world, model, tok, config, prompts, eval_prompts = setup(args, update_epochs)
+    config = dataclasses.replace(config, torch_compile=torch_compile)
     before = gold_of(model, tok, world, eval_prompts, config.max_new_tokens, config.temperature)
-    trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")
+    start = time.perf_counter()
+    trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")  # compiles, if asked
+    if torch_compile and not trainer.compiled:
+        sys.exit("--compile: torch.compile failed here (see the warning above); nothing to measure")
+    startup = time.perf_counter() - start
     start = time.perf_counter()
     history = trainer.train(progress=False)
     wall = time.perf_counter() - start
     after = gold_of(trainer.policy, tok, world, eval_prompts, config.max_new_tokens, config.temperature)
     tokens = sum(h["objective/response_length"] * config.batch_size for h in history)
     sample_s = sum(h["time/sample"] for h in history)
-    return {"wall_s": wall, "samples": config.steps * config.batch_size, "tokens": tokens,
+    return {"wall_s": wall, "startup_s": startup, "samples": config.steps * config.batch_size, "tokens": tokens,
             "gold_before": before, "gold_after": after, "peak_rss_mb": peak_rss_mb(),
             "non_generation_share": 1 - sample_s / sum(h["time/step"] for h in history)}
 
@@ -133,15 +152,17 @@ def worker_trl(args) -> dict:
             temperature=config.temperature, seed=config.seed, bf16=False, disable_dropout=True,
             dataloader_num_workers=0, max_grad_norm=config.max_grad_norm,
             gradient_checkpointing=False)  # ours does not recompute activations either
+        start = time.perf_counter()
         trainer = RLOOTrainer(model=model, reward_funcs=gold, args=targs, processing_class=tok,
                               train_dataset=Dataset.from_dict({"prompt": prompts}))
+        startup = time.perf_counter() - start
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start
         logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
         tokens = sum(h["completions/mean_length"] * config.batch_size for h in logs)
         after = gold_of(trainer.model.eval(), tok, world, eval_prompts, config.max_new_tokens, config.temperature)
-    return {"wall_s": wall, "samples": config.steps * config.batch_size, "tokens": tokens,
+    return {"wall_s": wall, "startup_s": startup, "samples": config.steps * config.batch_size, "tokens": tokens,
             "gold_before": before, "gold_after": after, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -220,7 +241,7 @@ def worker_generate(args) -> dict:
 
 
 def run_worker(name: str, args) -> dict:
-    options = {k: v for k, v in vars(args).items() if k not in ("worker", "update_epochs") and v is not None}
+    options = {k: v for k, v in vars(args).items() if k not in ("worker", "update_epochs", "compile") and v is not None}
     cmd = [sys.executable, __file__, "--worker", name] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -239,6 +260,8 @@ def main() -> None:
     ap.add_argument("--update-epochs", type=int, nargs="+", default=[preset_epochs, 1, 4],
                     help=f"our PPO epochs per batch, one run of ours for each (default: the preset's "
                          f"{preset_epochs}, 1, and 4 as lm-human-preferences)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also run ours at the preset's epochs with torch_compile=True (compiling: start-up s)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every worker")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each trainer, alternating; medians reported")
     ap.add_argument("--repeats", type=int, default=15, help="timed repeats of each generation method")
@@ -246,15 +269,17 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        name, _, epochs = args.worker.partition(":")
+        name, *options = args.worker.split(":")
         workers = {"trl": worker_trl, "generate": worker_generate, "profile": worker_profile}
-        result = worker_ours(args, int(epochs)) if name == "ours" else workers[name](args)
+        result = (worker_ours(args, int(options[0]), "compile" in options) if name == "ours"
+                  else workers[name](args))
         print(json.dumps(result))
         return
 
     t0 = time.perf_counter()
     gen = run_worker("generate", args)
-    names = [f"ours:{e}" for e in args.update_epochs] + ["trl"]
+    ours = [f"ours:{e}" for e in args.update_epochs] + ([f"ours:{preset_epochs}:compile"] if args.compile else [])
+    names = ours + ["trl"]
     runs = {name: [] for name in names}
     for r in range(args.rounds):  # alternate the order, so that a change in machine load hits all alike
         for name in (names if r % 2 == 0 else names[::-1]):
@@ -262,26 +287,31 @@ def main() -> None:
     medians = {name: {k: statistics.median(run[k] for run in runs[name]) for k in runs[name][0]} for name in names}
     trl = medians["trl"]
 
+    def setting(name):  # "ours:2:compile" -> "update_epochs=2, torch_compile"
+        _, epochs, *compiled = name.split(":")
+        return f"update_epochs={epochs}" + (", torch_compile" if compiled else "")
+
     def row(label, r):
         return (f"| {label} | {r['samples'] / r['wall_s']:.0f} | {r['tokens'] / r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['gold_before']:+.3f} -> {r['gold_after']:+.3f} ({r['gold_after'] - r['gold_before']:+.3f}) | {r['wall_s']:.1f} | "
+                f"{r['gold_before']:+.3f} -> {r['gold_after']:+.3f} ({r['gold_after'] - r['gold_before']:+.3f}) | "
+                f"{r['wall_s']:.1f} | {r['startup_s']:.1f} | "
                 + (f"{r['non_generation_share']:.0%} |" if "non_generation_share" in r else "- |"))
 
     print(f"\nsame SFT policy, gold reward, prompts; {args.steps} x {args.batch} completions each; "
           f"{args.threads} torch thread(s); TRL num_iterations = 1; median of {args.rounds} alternating runs each\n")
     print("| trainer | samples/s | gen tokens/s | peak RSS MB | gold before -> after (gain) | train wall s | "
-          "non-generation share of the step |")
-    print("|---|---|---|---|---|---|---|")
-    for e in args.update_epochs:
-        print(row(f"ours (PPO, update_epochs={e})", medians[f"ours:{e}"]))
+          "start-up s | non-generation share of the step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in ours:
+        print(row(f"ours (PPO, {setting(name)})", medians[name]))
     print(row("TRL RLOOTrainer", trl))
     trl_sps, trl_gain = trl["samples"] / trl["wall_s"], trl["gold_after"] - trl["gold_before"]
     print("\n| ours / TRL | samples/s | peak RSS | gold gain ours vs TRL |")
     print("|---|---|---|---|")
-    for e in args.update_epochs:
-        o = medians[f"ours:{e}"]
+    for name in ours:
+        o = medians[name]
         gain = o["gold_after"] - o["gold_before"]
-        print(f"| update_epochs={e} | {o['samples'] / o['wall_s'] / trl_sps:.2f}x | {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x | "
+        print(f"| {setting(name)} | {o['samples'] / o['wall_s'] / trl_sps:.2f}x | {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x | "
               f"{gain:+.3f} vs {trl_gain:+.3f} ({'equal or better' if gain >= trl_gain else 'worse'}) |")
     print(f"\none batch of {args.batch} prompts, max {args.max_new_tokens} new tokens (median of {args.repeats}):")
     print("| HF model.generate | our lm.sample | our full rollout (+ value, ref, reward) |")
