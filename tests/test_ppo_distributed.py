@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,11 +63,12 @@ def trained_params(t: PPOTrainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in t.accelerator.unwrap_model(t.model).named_parameters()}
 
 
-def worker(path: Path) -> None:
+def worker(path: Path, torch_compile: bool) -> None:
     """Run by each of the two processes."""
     torch.set_num_threads(1)
-    t = trainer(path, dataclasses.replace(CONFIG, gradient_accumulation_steps=1))
+    t = trainer(path, dataclasses.replace(CONFIG, gradient_accumulation_steps=1, torch_compile=torch_compile))
     assert t.world_size == 2, "expected two processes"
+    assert t.compiled == torch_compile, "torch_compile did not take under DDP"
     ro = load_rollout(path)
     half = len(ro) // 2
     stats = t.update(ro.select(range(t.rank * half, (t.rank + 1) * half)))
@@ -83,7 +85,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_update_equals_single_process_update(tmp_path):
+@pytest.mark.parametrize("torch_compile", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="torch.compile on the CPU needs a C++ compiler"))],
+    ids=["eager", "compiled"])
+def test_two_process_update_equals_single_process_update(tmp_path, torch_compile):
+    """Two processes, each with half the batch, reach the single-process parameters; compiled
+    (torch_compile under DDP, the start-up check included), still the uncompiled single process's."""
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)
@@ -98,7 +105,7 @@ def test_two_process_update_equals_single_process_update(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           __file__, str(tmp_path)]
+           __file__, str(tmp_path), str(int(torch_compile))]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -114,4 +121,4 @@ def test_two_process_update_equals_single_process_update(tmp_path):
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    worker(Path(sys.argv[1]), sys.argv[2] == "1")
