@@ -48,13 +48,8 @@ from rlhf_utils.world import World
 def minibatch(trainer: PPOTrainer, size: int):
     """``(input_ids, attention_mask, start)`` of ``size`` rows of one rollout, trimmed as the trainer trims."""
     ro = trainer.rollout(trainer.next_prompts())
-    rows = torch.randperm(len(ro), generator=torch.Generator().manual_seed(0))[:size]
-    prompt_mask, response_mask = ro.prompt_mask[rows], ro.response_mask[rows]
-    first = int(prompt_mask.any(0).float().argmax())
-    width = int(response_mask.sum(1).max())
-    ids = torch.cat([ro.prompt_ids[rows, first:], ro.response_ids[rows, :width]], 1)
-    mask = torch.cat([prompt_mask[:, first:], response_mask[:, :width]], 1)
-    return ids, mask, ro.prompt_ids.shape[1] - 1 - first
+    ids, mask, start, _ = ro.trimmed(torch.randperm(len(ro), generator=torch.Generator().manual_seed(0))[:size])
+    return ids, mask, start
 
 
 def left_aligned(ids, mask):

@@ -104,6 +104,18 @@ class Rollout:
                 value[i] for i in idx.tolist()]
         return Rollout(**picked)
 
+    def trimmed(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """``(input_ids, attention_mask, start, width)`` of the ``[prompt | response]`` batch of
+        ``rows``, cut to the columns they use: from the first prompt column any of them fills to
+        the end of the longest of their ``width`` response tokens; ``start`` is the last prompt
+        column in it. The columns dropped are padding in every row, masked anyway."""
+        prompt_mask, response_mask = self.prompt_mask[rows], self.response_mask[rows]
+        first = int(prompt_mask.any(0).float().argmax())
+        width = int(response_mask.sum(1).max())
+        input_ids = torch.cat([self.prompt_ids[rows, first:], self.response_ids[rows, :width]], 1)
+        attention_mask = torch.cat([prompt_mask[:, first:], response_mask[:, :width]], 1)
+        return input_ids, attention_mask, self.prompt_ids.shape[1] - 1 - first, width
+
 
 # --------------------------------------------------------------------------------------
 # The trainer
@@ -435,17 +447,12 @@ class PPOTrainer:
         but the cost (``tests/test_ppo.py`` checks the update against an untrimmed reference).
         """
         c = self.config
-        prompt_mask, response_mask = ro.prompt_mask[rows], ro.response_mask[rows]
-        first = int(prompt_mask.any(0).float().argmax())  # the first prompt column any of these rows uses
-        width = int(response_mask.sum(1).max())  # the longest of these responses
-        P = ro.prompt_ids.shape[1]
-        input_ids = torch.cat([ro.prompt_ids[rows, first:], ro.response_ids[rows, :width]], 1)
-        attention_mask = torch.cat([prompt_mask[:, first:], response_mask[:, :width]], 1)
-        m = response_mask[:, :width].float()  # [b, R']
+        input_ids, attention_mask, start, width = ro.trimmed(rows)
+        m = ro.response_mask[rows, :width].float()  # [b, R']
         old_logprobs, old_values = ro.logprobs[rows, :width], ro.values[rows, :width]
         adv, ret = advantages[rows, :width], returns[rows, :width]
 
-        logprobs, entropy, values = self.policy_outputs(input_ids, attention_mask, P - 1 - first,
+        logprobs, entropy, values = self.policy_outputs(input_ids, attention_mask, start,
                                                         ro.response_ids[rows, :width])
         share = m.sum() / num_tokens  # these rows' share of the minibatch's tokens
         if c.loss_aggregation == "token":
