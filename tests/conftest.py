@@ -1,6 +1,8 @@
 """Shared fixtures of the test suite.
 
 * ``repo_root`` -- the checkout's root folder.
+* the ``needs_cxx`` marker -- a test that compiles with ``torch.compile`` on the CPU is
+  skipped where no C++ compiler is found (the fall-back without one is tested on its own);
 * ``chromium_browser`` -- Debian's Chromium (``/usr/bin/chromium``) driven by Playwright,
   headless. Playwright never downloads a browser of its own here: ``make test`` installs
   Debian's package when it is missing (as root), and without it the browser tests are
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +30,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    if any(map(shutil.which, ("g++", "c++", "clang++"))):
+        return
+    skip = pytest.mark.skip(reason="torch.compile on the CPU needs a C++ compiler (the fall-back is tested apart)")
+    for item in items:
+        if "needs_cxx" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

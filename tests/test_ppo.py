@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -472,8 +471,7 @@ def test_update_equals_a_plain_untrimmed_reference(tokenizer, build):
     assert any(not torch.equal(p, q) for p, q in zip(reference.parameters(), build(tokenizer).parameters()))
 
 
-@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
-                    reason="torch.compile on the CPU needs a C++ compiler (the fall-back is tested below)")
+@pytest.mark.needs_cxx
 def test_torch_compile_reaches_the_parameters_of_the_uncompiled_update(tokenizer):
     """torch_compile=True runs the update's forward compiled (checked at the start against the
     uncompiled one); two steps reach the uncompiled trainer's parameters, same seed, to float

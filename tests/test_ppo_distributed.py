@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -85,9 +84,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("torch_compile", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="torch.compile on the CPU needs a C++ compiler"))],
-    ids=["eager", "compiled"])
+@pytest.mark.parametrize("torch_compile", [False, pytest.param(True, marks=pytest.mark.needs_cxx)],
+                         ids=["eager", "compiled"])
 def test_two_process_update_equals_single_process_update(tmp_path, torch_compile):
     """Two processes, each with half the batch, reach the single-process parameters; compiled
     (torch_compile under DDP, the start-up check included), still the uncompiled single process's."""
