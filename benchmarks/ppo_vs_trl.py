@@ -209,16 +209,18 @@ def profile_step(trainer: PPOTrainer, top: int = 12) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
-    start = time.perf_counter()
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         trainer.step()
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start  # the step, not the profiler's start and stop
     events = prof.key_averages()
     phases = {e.key: e.cpu_time_total / 1e6 for e in events if e.key.startswith("ppo/")}
-    lines = [f"one PPO step, profiled: {wall:.3f} s wall (profiler overhead included)",
+    lines = [f"one PPO step, profiled: {wall:.3f} s wall (with the profiler's own cost per operator)",
              "| phase | s | share of the step |", "|---|---|---|"]
     for name in sorted(phases, key=lambda k: (next(i for i, p in enumerate(PHASES) if k.startswith(p)), k)):
         lines.append(f"| {name} | {phases[name]:.3f} | {phases[name] / wall:.0%} |")
+    other = wall - sum(phases.values())
+    lines.append(f"| outside these phases (zero_grad, shuffling, statistics, Python) | {other:.3f} | {other / wall:.0%} |")
     ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) or 1
     lines += ["", "| operator (self CPU time) | s | share of all operators | calls |", "|---|---|---|---|"]
@@ -240,14 +242,37 @@ def worker_generate(args) -> dict:
     return time_generation(trainer, prompts[: config.batch_size], args.repeats)
 
 
-def run_worker(name: str, args) -> dict:
-    options = {k: v for k, v in vars(args).items() if k not in ("worker", "update_epochs", "compile") and v is not None}
-    cmd = [sys.executable, __file__, "--worker", name] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+def run_worker(name: str, args, root: Path | None = None) -> dict:
+    """The worker ``name`` in a subprocess; with ``root`` (an exported revision) that revision's
+    own benchmark worker on its own ``rlhf_utils``."""
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("worker", "update_epochs", "compile", "baseline") and v is not None}
+    script = root / "benchmarks" / Path(__file__).name if root else __file__
+    cmd = [sys.executable, str(script), "--worker", name] + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
+           **({"PYTHONPATH": str(root)} if root else {})}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
         sys.exit(f"worker {name} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """The committed tree of git revision ``rev`` of this repository, unpacked under ``into``;
+    checked that a Python started on it imports that tree's ``rlhf_utils``, not the installed one."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev], capture_output=True)
+    if archive.returncode != 0:
+        sys.exit(f"--baseline {rev}: git cannot export it ({archive.stderr.decode().strip()}); give a commit of this "
+                 "repository, e.g. --baseline 9ce750f")
+    root = into / rev.replace("/", "_")
+    root.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    where = subprocess.run([sys.executable, "-c", "import rlhf_utils; print(rlhf_utils.__file__)"], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(root)}, cwd=into)
+    if where.returncode != 0 or not Path(where.stdout.strip()).is_relative_to(root):
+        sys.exit(f"--baseline {rev}: its rlhf_utils does not import from {root} ({where.stdout}{where.stderr})")
+    return root
 
 
 def main() -> None:
@@ -262,6 +287,9 @@ def main() -> None:
                          f"{preset_epochs}, 1, and 4 as lm-human-preferences)")
     ap.add_argument("--compile", action="store_true",
                     help="also run ours at the preset's epochs with torch_compile=True (compiling: start-up s)")
+    ap.add_argument("--baseline", metavar="REV", default=None,
+                    help="also run ours as of git revision REV (its own code, exported to a temporary folder) at "
+                         "the preset's epochs: the before/after in one run, alternating with the rest")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every worker")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each trainer, alternating; medians reported")
     ap.add_argument("--repeats", type=int, default=15, help="timed repeats of each generation method")
@@ -277,13 +305,17 @@ def main() -> None:
         return
 
     t0 = time.perf_counter()
+    args.policy = str(Path(args.policy or checkpoints_dir() / "sft").resolve())  # the same folder for a baseline
     gen = run_worker("generate", args)
     ours = [f"ours:{e}" for e in args.update_epochs] + ([f"ours:{preset_epochs}:compile"] if args.compile else [])
-    names = ours + ["trl"]
+    before = [f"before:{preset_epochs}"] if args.baseline else []
+    names = ours + before + ["trl"]
     runs = {name: [] for name in names}
-    for r in range(args.rounds):  # alternate the order, so that a change in machine load hits all alike
-        for name in (names if r % 2 == 0 else names[::-1]):
-            runs[name].append(run_worker(name, args))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = export_revision(args.baseline, Path(tmp)) if args.baseline else None
+        for r in range(args.rounds):  # alternate the order, so that a change in machine load hits all alike
+            for name in (names if r % 2 == 0 else names[::-1]):
+                runs[name].append(run_worker(name.replace("before:", "ours:"), args, root if name in before else None))
     medians = {name: {k: statistics.median(run[k] for run in runs[name]) for k in runs[name][0]} for name in names}
     trl = medians["trl"]
 
@@ -291,10 +323,13 @@ def main() -> None:
         _, epochs, *compiled = name.split(":")
         return f"update_epochs={epochs}" + (", torch_compile" if compiled else "")
 
+    def label(name):
+        return f"ours as of {args.baseline}" if name in before else "ours"
+
     def row(label, r):
         return (f"| {label} | {r['samples'] / r['wall_s']:.0f} | {r['tokens'] / r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
                 f"{r['gold_before']:+.3f} -> {r['gold_after']:+.3f} ({r['gold_after'] - r['gold_before']:+.3f}) | "
-                f"{r['wall_s']:.1f} | {r['startup_s']:.1f} | "
+                f"{r['wall_s']:.1f} | " + (f"{r['startup_s']:.1f} | " if "startup_s" in r else "- | ")
                 + (f"{r['non_generation_share']:.0%} |" if "non_generation_share" in r else "- |"))
 
     print(f"\nsame SFT policy, gold reward, prompts; {args.steps} x {args.batch} completions each; "
@@ -302,17 +337,24 @@ def main() -> None:
     print("| trainer | samples/s | gen tokens/s | peak RSS MB | gold before -> after (gain) | train wall s | "
           "start-up s | non-generation share of the step |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in ours:
-        print(row(f"ours (PPO, {setting(name)})", medians[name]))
+    for name in ours + before:
+        print(row(f"{label(name)} (PPO, {setting(name)})", medians[name]))
     print(row("TRL RLOOTrainer", trl))
     trl_sps, trl_gain = trl["samples"] / trl["wall_s"], trl["gold_after"] - trl["gold_before"]
     print("\n| ours / TRL | samples/s | peak RSS | gold gain ours vs TRL |")
     print("|---|---|---|---|")
-    for name in ours:
+    for name in ours + before:
         o = medians[name]
         gain = o["gold_after"] - o["gold_before"]
-        print(f"| {setting(name)} | {o['samples'] / o['wall_s'] / trl_sps:.2f}x | {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x | "
+        print(f"| {label(name)}, {setting(name)} | "
+              f"{o['samples'] / o['wall_s'] / trl_sps:.2f}x | {o['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x | "
               f"{gain:+.3f} vs {trl_gain:+.3f} ({'equal or better' if gain >= trl_gain else 'worse'}) |")
+    if before:
+        now, then = medians[f"ours:{preset_epochs}"], medians[before[0]]
+        print(f"\nafter / before ({args.baseline}) at update_epochs={preset_epochs}: samples/s "
+              f"{now['samples'] / now['wall_s'] / (then['samples'] / then['wall_s']):.2f}x, peak RSS "
+              f"{now['peak_rss_mb'] / then['peak_rss_mb']:.2f}x, gold gain {now['gold_after'] - now['gold_before']:+.3f} "
+              f"vs {then['gold_after'] - then['gold_before']:+.3f}")
     print(f"\none batch of {args.batch} prompts, max {args.max_new_tokens} new tokens (median of {args.repeats}):")
     print("| HF model.generate | our lm.sample | our full rollout (+ value, ref, reward) |")
     print("|---|---|---|")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,15 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str):
+    """The benchmark script ``benchmarks/<name>.py`` imported as a module."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -25,11 +35,7 @@ def test_full_scale_benchmark_stops_at_once_without_cuda():
 def test_update_variants_compute_what_the_trainer_computes():
     """benchmarks/update_variants.py times other ways of the update's forward; each must give the
     trainer's log-probabilities and values (left and right padding, prompts of several lengths)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import update_variants
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    update_variants = benchmark_module("update_variants")
     from rlhf_utils import lm
     from rlhf_utils.config import LMConfig
     from rlhf_utils.value_head import PolicyWithValueHead
@@ -52,3 +58,17 @@ def test_update_variants_compute_what_the_trainer_computes():
         theirs_logits, theirs_values = way()
         assert torch.allclose(theirs_logits[real], logits[real], atol=1e-5), name
         assert torch.allclose(theirs_values[real], values[real], atol=1e-5), name
+
+
+@pytest.mark.skipif(not (BENCHMARKS.parent / ".git").exists(), reason="not a git checkout")
+def test_baseline_revision_runs_its_own_code(tmp_path):
+    """ppo_vs_trl.py --baseline REV runs REV's committed code: the exported tree is REV's, and a
+    Python started on it imports that tree's rlhf_utils, not the installed one; an unknown
+    revision stops with a message that says what to give."""
+    ppo_vs_trl = benchmark_module("ppo_vs_trl")
+    root = ppo_vs_trl.export_revision("HEAD", tmp_path)
+    committed = subprocess.run(["git", "-C", str(BENCHMARKS.parent), "show", "HEAD:rlhf_utils/ppo.py"],
+                               capture_output=True, text=True, check=True).stdout
+    assert (root / "rlhf_utils" / "ppo.py").read_text() == committed
+    with pytest.raises(SystemExit, match="git cannot export it.*give a commit of this repository"):
+        ppo_vs_trl.export_revision("no-such-revision", tmp_path)
