@@ -28,36 +28,42 @@ rate, KL coefficient (TRL: fixed ``beta``; ours: adaptive from the same start), 
 clipping, no gradient checkpointing, one optimisation pass per batch for TRL (its default,
 one optimizer step per 64 completions) and ``update_epochs`` passes of 2 minibatches for ours.
 
-    python benchmarks/ppo_vs_trl.py [--steps 40] [--batch 64] [--threads 1] [--update-epochs 2 1 4] [--rounds 3] [--compile]
+    python benchmarks/ppo_vs_trl.py [--steps 40] [--batch 64] [--threads 1] [--update-epochs 2 1 4] [--rounds 3] [--compile] [--baseline REV]
 
 ``--compile`` adds a run of ours at the preset's epochs with ``PPOConfig.torch_compile``; its
-compiling is the "start-up s" column (trainer construction), not in samples/s.
+compiling is the "start-up s" column (trainer construction), not in samples/s. ``--baseline REV``
+adds a run of ours as of git revision ``REV`` (its committed code, exported to a temporary folder
+and run by its own copy of this script) at the preset's epochs: the before/after of a change,
+alternating with the rest in the same run.
 
-Measured 2026-12-03 on this project's 2-core CPU machine (load 0.4-0.9), the quick SFT policy of
-``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, medians of alternating
-rounds. ``--compile``, 3 rounds:
+Measured 2026-12-04 on this project's 2-core CPU machine (load 0.5-1.0), the quick SFT policy of
+``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, medians of 3
+alternating rounds, ``--compile --baseline 9ce750f`` (9ce750f: the code when the PPO step's cost
+was taken up):
 
 | trainer | samples/s | / TRL | gold gain | start-up s | non-generation share of the step |
 |---|---|---|---|---|---|
-| ours, update_epochs=1 | 523 | 1.61x | +0.506 | 0.0 | 62% |
-| ours, update_epochs=2 (the preset) | 369 | 1.13x | +0.638 | 0.0 | 73% |
-| ours, update_epochs=4 | 241 | 0.74x | +0.644 | 0.0 | 83% |
-| ours, update_epochs=2, torch_compile | 402 | 1.24x | +0.638 | 10.6 | 73% |
-| TRL RLOOTrainer | 325 | 1.00x | +0.479 | 0.1 | - |
+| ours, update_epochs=1 | 482 | 1.82x | +0.506 | 0.0 | 60% |
+| ours, update_epochs=2 (the preset) | 346 | 1.31x | +0.638 | 0.0 | 72% |
+| ours, update_epochs=4 | 208 | 0.78x | +0.644 | 0.0 | 81% |
+| ours, update_epochs=2, torch_compile | 366 | 1.38x | +0.638 | 13.7 | 72% |
+| ours as of 9ce750f, update_epochs=2 | 367 | 1.38x | +0.638 | - | - |
+| TRL RLOOTrainer | 265 | 1.00x | +0.479 | 0.1 | - |
 
-``--update-epochs 2 --compile --rounds 5``: 402 samples/s uncompiled, 415 compiled (+3%, 10.1 s
-compiling with the inductor cache warm, 30 s cold), TRL 354 (1.14x and 1.17x). Compiling changes
-the result only by rounding (the same gold gain to three decimals); at 5-12 ms saved per step
-against 10-30 s of compiling it pays only after thousands of steps here, so the presets leave it off. Peak RSS ours / TRL 0.78x (417 vs 532 MB; 494 compiled).
-The code before the package redesign (commit 9ce750f), alternated with today's in an earlier
-run: 526 / 380 / 234 samples/s at 1 / 2 / 4 epochs against 531 / 380 / 236.
+Peak RSS ours / TRL 0.79x (417 vs 530 MB; 496 compiled). Before and after reach the same
+policy (gold after +0.667 both): the changes since 9ce750f compute the same, and they cost the
+same: 0.94x in this run, 1.00x (362 vs 364 samples/s, TRL 251) in a rerun of the pair with
+``--update-epochs 2 --baseline 9ce750f --rounds 5``. The day before, with 3 and 5 rounds,
+compiling gave +3% to +9% (10-30 s of compiling).
 
-The profile of one step at 2 epochs: sampling 21%, reference pass 7%, reward 2%, each update
-epoch 20%, optimizer 3%; the operators are the model's own arithmetic (matrix products 42%,
-attention 18% of operator time), not Python. Timed alone, one minibatch's forward + backward
-(32 sequences, ~30 columns) is 21 ms, of which the matrix products are about 10 ms, at some 56
-GFLOP/s on one core: PPO's two epochs are four of these, which is why the preset's step is not
-2x TRL's here (see the README).
+The profile of one step at 2 epochs (shares of the step's wall time under the profiler, which
+inflates the many small operators of sampling): sampling 33%, reference pass 9%, reward 4%,
+advantages 1%, each update epoch 23-24%, optimizer 4%, everything else 2%; the operators are the
+model's own arithmetic (matrix products 36%, attention 20% of operator time), not
+Python. Without the profiler (``time/sample`` of each step) sampling is 28% of the step.
+Timed alone, one minibatch's forward + backward (32 sequences, ~30 columns) is 21 ms, of which
+the matrix products are about 10 ms, at some 56 GFLOP/s on one core: PPO's two epochs are four
+of these, which is why the preset's step is not 2x TRL's here (see the README).
 
 RLOO does less work per sample (no value function, one pass over each batch); PPO with the
 preset's two epochs spends more per sample and gets more gold reward for it; with one epoch it
