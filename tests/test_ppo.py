@@ -490,6 +490,27 @@ def test_torch_compile_reaches_the_parameters_of_the_uncompiled_update(tokenizer
     assert compiled.history[-1]["objective/kl"] == pytest.approx(plain.history[-1]["objective/kl"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.needs_cxx
+def test_torch_compile_under_bf16_autocast_passes_its_check_and_steps_as_the_uncompiled(tokenizer):
+    """The GPU's bf16 path, run on the CPU: the start-up check passes at its bf16 tolerance, and
+    one step (the rollout's full pass and the update through the compiled forward) computes
+    what the uncompiled bf16 step computes, to bf16 rounding: the same completions and scores,
+    the same first-update KL, losses and entropy within 1%."""
+    from accelerate import Accelerator
+
+    steps = {}
+    for torch_compile in (False, True):
+        t = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS,
+                       dataclasses.replace(TINY, steps=1, torch_compile=torch_compile),
+                       accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
+        assert t.accelerator.mixed_precision == "bf16" and t.compiled == torch_compile
+        steps[torch_compile] = t.step()
+    compiled, plain = steps[True], steps[False]
+    assert compiled["objective/scores"] == plain["objective/scores"]  # sampling is not compiled: the same texts
+    for key in ("policy/approx_kl", "loss/policy", "loss/value", "policy/entropy"):  # seen here: within 1e-6
+        assert compiled[key] == pytest.approx(plain[key], rel=1e-2, abs=1e-4), key
+
+
 @pytest.mark.parametrize("failure", ["raises", "differs"])
 def test_torch_compile_that_fails_or_differs_warns_and_trains_uncompiled(tokenizer, monkeypatch, failure):
     """A compiler that is missing (the compiled forward raises) or wrong (its outputs differ):
