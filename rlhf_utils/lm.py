@@ -22,6 +22,7 @@ V = vocabulary size.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -138,19 +139,34 @@ def encode_responses(tokenizer, completions: list[str], device=None, add_eos: bo
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float = 1.0, with_entropy: bool = False):
-    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for every t: [B, T-1].
+                   temperature: float = 1.0, with_entropy: bool = False, logits_to_keep: int = 0):
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for every t: [B, T-1]; with ``logits_to_keep`` = N,
+    for the last N - 1 tokens only, [B, N-1], the LM head applied to the last N positions only.
 
     Positions come from the mask, so left- and right-padded batches give the same
     numbers for the same text. With ``with_entropy`` also returns the entropy of each
-    next-token distribution, [B, T-1]. Logits are divided by ``temperature`` (the
-    distribution a policy sampled at that temperature actually followed).
+    next-token distribution. Logits are divided by ``temperature`` (the distribution a
+    policy sampled at that temperature actually followed).
     """
+    keep = {"logits_to_keep": logits_to_keep} if logits_to_keep and takes_logits_to_keep(model) else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    logits = out.logits[:, :-1] / temperature  # [B, T-1, V]
-    logprobs = selective_log_softmax(logits, input_ids[:, 1:])
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False, **keep)
+    logits = (out.logits[:, -logits_to_keep:] if logits_to_keep else out.logits)[:, :-1] / temperature  # [B, N-1, V]
+    logprobs = selective_log_softmax(logits, input_ids[:, input_ids.shape[1] - logits.shape[1]:])
     return (logprobs, entropy_from_logits(logits)) if with_entropy else logprobs
+
+
+def hf_model(model):
+    """The Hugging Face causal LM inside ``model``: a ``peft`` wrapper's base model (with the
+    LoRA layers injected), or ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the causal LM can compute its logits for the last N positions only (the
+    ``logits_to_keep`` argument of ``transformers``' causal LMs); a model without it computes
+    them all and the rest are dropped."""
+    return "logits_to_keep" in inspect.signature(hf_model(model).forward).parameters
 
 
 def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
@@ -159,15 +175,15 @@ def response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mas
 
     Prompts left-padded [B, P], responses right-padded [B, R]; returns [B, R] (and the
     entropy [B, R] with ``with_entropy``). Values at padded positions are meaningless:
-    multiply by ``response_mask``.
+    multiply by ``response_mask``. The LM head runs on the R + 1 positions that predict
+    response tokens only (the last prompt token's and the response's), not on the prompt's:
+    in an RLHF batch whose prompts are long and whose vocabulary is large, that is most of
+    the logits' time and memory.
     """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    out = token_logprobs(model, input_ids, attention_mask, temperature, with_entropy)
-    start = prompt_ids.shape[1] - 1  # the last prompt token predicts the first response token
-    if with_entropy:
-        return out[0][:, start:], out[1][:, start:]
-    return out[:, start:]
+    return token_logprobs(model, input_ids, attention_mask, temperature, with_entropy,
+                          logits_to_keep=response_ids.shape[1] + 1)
 
 
 def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: list[str],

@@ -12,17 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from rlhf_utils.lm import hf_model
 from rlhf_utils.ops import position_ids_from_mask
 
 # --------------------------------------------------------------------------------------
 # The policy with its value head
 # --------------------------------------------------------------------------------------
-
-
-def _hf_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face causal LM inside ``model`` (a ``peft`` wrapper's base model, with the
-    LoRA layers injected, or ``model`` itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class PolicyWithValueHead(nn.Module):
@@ -35,7 +30,7 @@ class PolicyWithValueHead(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.lm = model
-        self.v_head = nn.Linear(_hf_model(model).config.hidden_size, 1)
+        self.v_head = nn.Linear(hf_model(model).config.hidden_size, 1)
         nn.init.zeros_(self.v_head.weight)
         nn.init.zeros_(self.v_head.bias)
 
@@ -45,7 +40,7 @@ class PolicyWithValueHead(nn.Module):
         which tokens ``start+1 .. T-1`` were chosen (``start = P - 1`` for the response of a
         ``[prompt | response]`` batch). One pass of the transformer body; the LM head is
         applied to those positions only."""
-        hf = _hf_model(self.lm)
+        hf = hf_model(self.lm)
         hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask),
                                use_cache=False).last_hidden_state  # [B, T, H]
@@ -56,7 +51,7 @@ class PolicyWithValueHead(nn.Module):
 def check_forward_matches(model: PolicyWithValueHead) -> None:
     """Our forward is ``lm_head(body(x))``; refuse a model whose own forward does more
     (logit soft-capping, logit scaling), which would make our log-probabilities wrong."""
-    hf = _hf_model(model.lm)
+    hf = hf_model(model.lm)
     ids = torch.arange(5, device=model.v_head.weight.device)[None] % hf.config.vocab_size  # [1, 5]
     mask = torch.ones_like(ids)
     with torch.no_grad():

@@ -180,6 +180,44 @@ def test_response_and_continuation_logprobs_match_naive_loop(tok, random_model):
     torch.testing.assert_close(no_eos * no_eos_mask, cont[:, : no_eos.shape[1]] * no_eos_mask, atol=1e-5, rtol=0)
 
 
+def test_response_logprobs_run_the_lm_head_on_the_response_positions_only(tok, random_model):
+    """The LM head sees the R + 1 positions that predict response tokens, not the prompt's
+    (``logits_to_keep``); a model whose forward lacks that argument computes every position's
+    logits and gets the same numbers; a LoRA wrapper is asked about its base model."""
+    from peft import LoraConfig, get_peft_model
+
+    continuations = ["the acting was great .", "boring .", "the food was very good . i liked the staff ."]
+    prompt_ids, prompt_mask = lm.encode_prompts(tok, PROMPTS)
+    response_ids, response_mask = lm.encode_responses(tok, continuations)
+    args = (prompt_ids, prompt_mask, response_ids, response_mask, 0.7, True)
+    seen = []
+    hook = random_model.get_output_embeddings().register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].shape))
+    try:
+        with torch.no_grad():
+            logprobs, entropy = lm.response_logprobs(random_model, *args)
+    finally:
+        hook.remove()
+    assert seen == [(3, response_ids.shape[1] + 1, TINY.n_embd)]
+
+    class WithoutLogitsToKeep(torch.nn.Module):  # a causal LM of the kind before transformers had the argument
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=use_cache)
+
+    older = WithoutLogitsToKeep(random_model)
+    assert lm.takes_logits_to_keep(random_model) and not lm.takes_logits_to_keep(older)
+    with torch.no_grad():
+        all_logprobs, all_entropy = lm.response_logprobs(older, *args)
+    torch.testing.assert_close(all_logprobs, logprobs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(all_entropy, entropy, atol=1e-6, rtol=0)
+    peft_model = get_peft_model(copy.deepcopy(random_model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    assert lm.takes_logits_to_keep(peft_model)
+
+
 def test_batch_composition_does_not_change_logprobs(tok, random_model):
     """The same (prompt, continuation) alone or next to longer ones: same log-probs."""
     alone, m1 = lm.continuation_logprobs(random_model, tok, PROMPTS[:1], ["the plot was dull ."])
