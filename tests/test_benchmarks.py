@@ -72,3 +72,13 @@ def test_baseline_revision_runs_its_own_code(tmp_path):
     assert (root / "rlhf_utils" / "ppo.py").read_text() == committed
     with pytest.raises(SystemExit, match="git cannot export it.*give a commit of this repository"):
         ppo_vs_trl.export_revision("no-such-revision", tmp_path)
+
+
+def test_reference_logprobs_benchmark_runs_and_both_ways_agree():
+    run = subprocess.run([sys.executable, "reference_logprobs.py", "--layers", "1", "--vocab", "300", "--batch", "2",
+                          "--prompt", "8", "--response", "4", "--repeats", "1"], cwd=BENCHMARKS, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "| LM head on the response positions |" in run.stdout and "| LM head on every position |" in run.stdout
+    difference = float(run.stdout.rsplit("largest log-prob difference", 1)[1])
+    assert difference < 1e-5
