@@ -332,8 +332,8 @@ def main() -> None:
     def label(name):
         return f"ours as of {args.baseline}" if name in before else "ours"
 
-    def row(label, r):
-        return (f"| {label} | {r['samples'] / r['wall_s']:.0f} | {r['tokens'] / r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+    def row(title, r):
+        return (f"| {title} | {r['samples'] / r['wall_s']:.0f} | {r['tokens'] / r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
                 f"{r['gold_before']:+.3f} -> {r['gold_after']:+.3f} ({r['gold_after'] - r['gold_before']:+.3f}) | "
                 f"{r['wall_s']:.1f} | " + (f"{r['startup_s']:.1f} | " if "startup_s" in r else "- | ")
                 + (f"{r['non_generation_share']:.0%} |" if "non_generation_share" in r else "- |"))
