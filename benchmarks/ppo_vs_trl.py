@@ -36,34 +36,35 @@ adds a run of ours as of git revision ``REV`` (its committed code, exported to a
 and run by its own copy of this script) at the preset's epochs: the before/after of a change,
 alternating with the rest in the same run.
 
-Measured 2026-12-04 on this project's 2-core CPU machine (load 0.5-1.0), the quick SFT policy of
-``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, medians of 3
-alternating rounds, ``--compile --baseline 9ce750f`` (9ce750f: the code when the PPO step's cost
-was taken up):
+Measured 2026-12-04 on this project's 2-core CPU machine (load 0.2), the quick SFT policy of
+``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, medians of 5
+alternating rounds, ``--rounds 5 --compile --baseline 9ce750f`` (9ce750f: the code when the PPO
+step's cost was taken up):
 
 | trainer | samples/s | / TRL | gold gain | start-up s | non-generation share of the step |
 |---|---|---|---|---|---|
-| ours, update_epochs=1 | 482 | 1.82x | +0.506 | 0.0 | 60% |
-| ours, update_epochs=2 (the preset) | 346 | 1.31x | +0.638 | 0.0 | 72% |
-| ours, update_epochs=4 | 208 | 0.78x | +0.644 | 0.0 | 81% |
-| ours, update_epochs=2, torch_compile | 366 | 1.38x | +0.638 | 13.7 | 72% |
-| ours as of 9ce750f, update_epochs=2 | 367 | 1.38x | +0.638 | - | - |
-| TRL RLOOTrainer | 265 | 1.00x | +0.479 | 0.1 | - |
+| ours, update_epochs=2 (the preset) | 515 | 1.30x | +0.638 | 0.0 | 75% |
+| ours, update_epochs=1 | 688 | 1.74x | +0.506 | 0.0 | 63% |
+| ours, update_epochs=4 | 309 | 0.78x | +0.649 | 0.0 | 84% |
+| ours, update_epochs=2, torch_compile | 514 | 1.30x | +0.638 | 9.3 | 75% |
+| ours as of 9ce750f, update_epochs=2 | 494 | 1.25x | +0.638 | - | - |
+| TRL RLOOTrainer | 396 | 1.00x | +0.479 | 0.1 | - |
 
-Peak RSS ours / TRL 0.79x (417 vs 530 MB; 496 compiled). Before and after reach the same
-policy (gold after +0.667 both): the changes since 9ce750f compute the same, and they cost the
-same: 0.94x in this run, 1.00x (362 vs 364 samples/s, TRL 251) in a rerun of the pair with
-``--update-epochs 2 --baseline 9ce750f --rounds 5``. The day before, with 3 and 5 rounds,
-compiling gave +3% to +9% (10-30 s of compiling).
+Peak RSS ours / TRL 0.79x (418 vs 529 MB; 497 compiled). Before and after reach the same
+policy (gold after +0.667 both): the changes since 9ce750f compute the same, and cost the same
+(1.04x here; 0.94x and 1.00x in two earlier runs). The ratios move with the machine: a
+3-round run an hour earlier gave 1.08x / 1.54x / 0.69x (TRL 440 samples/s, ours 475), one of an
+earlier session the same day 1.31x / 1.82x / 0.78x. Compiling gave +0% here, +3% to +9% in three
+runs on 2026-12-03 and earlier on 2026-12-04.
 
 The profile of one step at 2 epochs (shares of the step's wall time under the profiler, which
-inflates the many small operators of sampling): sampling 33%, reference pass 9%, reward 4%,
-advantages 1%, each update epoch 23-24%, optimizer 4%, everything else 2%; the operators are the
-model's own arithmetic (matrix products 36%, attention 20% of operator time), not
-Python. Without the profiler (``time/sample`` of each step) sampling is 28% of the step.
-Timed alone, one minibatch's forward + backward (32 sequences, ~30 columns) is 21 ms, of which
-the matrix products are about 10 ms, at some 56 GFLOP/s on one core: PPO's two epochs are four
-of these, which is why the preset's step is not 2x TRL's here (see the README).
+inflates the many small operators of sampling), same run: sampling 29%, reference pass 11%,
+reward 3%, advantages 1%, each update epoch 24%, optimizer 5%, everything else 2%; the operators
+are the model's own arithmetic (matrix products 36%, attention 23% of operator time), not
+Python. Timed alone (``benchmarks/update_variants.py``, the same day), one minibatch's forward +
+backward (32 sequences x 30 columns) is 16.3 ms, of which the matrix products are about 7 ms
+under the profiler: PPO's two epochs are four of these, TRL's one pass over the batch two, which
+is why the preset's step is not 2x TRL's here (see the README).
 
 RLOO does less work per sample (no value function, one pass over each batch); PPO with the
 preset's two epochs spends more per sample and gets more gold reward for it; with one epoch it
