@@ -54,17 +54,16 @@ Peak RSS ours / TRL 0.79x (418 vs 529 MB; 497 compiled). Before and after reach 
 policy (gold after +0.667 both): the changes since 9ce750f compute the same, and cost the same
 (1.04x here; 0.94x and 1.00x in two earlier runs). The ratios move with the machine: a
 3-round run an hour earlier gave 1.08x / 1.54x / 0.69x (TRL 440 samples/s, ours 475), one of an
-earlier session the same day 1.31x / 1.82x / 0.78x. Compiling gave +0% here, +3% to +9% in three
-runs on 2026-12-03 and earlier on 2026-12-04.
+earlier session the same day 1.31x / 1.82x / 0.78x. Compiling gave no gain here (514 vs 515),
++3% to +9% in three runs on 2026-12-03 and earlier on 2026-12-04.
 
 The profile of one step at 2 epochs (shares of the step's wall time under the profiler, which
 inflates the many small operators of sampling), same run: sampling 29%, reference pass 11%,
 reward 3%, advantages 1%, each update epoch 24%, optimizer 5%, everything else 2%; the operators
 are the model's own arithmetic (matrix products 36%, attention 23% of operator time), not
 Python. Timed alone (``benchmarks/update_variants.py``, the same day), one minibatch's forward +
-backward (32 sequences x 30 columns) is 16.3 ms, of which the matrix products are about 7 ms
-under the profiler: PPO's two epochs are four of these, TRL's one pass over the batch two, which
-is why the preset's step is not 2x TRL's here (see the README).
+backward (32 sequences x 30 columns) is 16.3 ms: PPO's two epochs are four of these, TRL's one
+pass over the batch two, which is why the preset's step is not 2x TRL's here (see the README).
 
 RLOO does less work per sample (no value function, one pass over each batch); PPO with the
 preset's two epochs spends more per sample and gets more gold reward for it; with one epoch it
