@@ -142,7 +142,7 @@ def main() -> None:
           f"lm.sample {gen['sample']:.3f} s ({gen['sample'] / gen['generate']:.2f}x), whole rollout "
           f"{gen['rollout']:.3f} s ({gen['rollout'] / gen['generate']:.2f}x)")
     if not args.no_profile:
-        print("\n" + profile_step(trainer))
+        print("\n" + profile_step(trainer)["table"])
 
 
 if __name__ == "__main__":

@@ -36,34 +36,39 @@ adds a run of ours as of git revision ``REV`` (its committed code, exported to a
 and run by its own copy of this script) at the preset's epochs: the before/after of a change,
 alternating with the rest in the same run.
 
-Measured 2026-12-04 on this project's 2-core CPU machine (load 0.2), the quick SFT policy of
+After the profiled step, a ceiling: the samples/s and non-generation share our step would have
+at the preset's epochs if only its model passes (sampling, reference pass, update epochs,
+optimizer) took any time -- the reward function, the advantages and the Python between them
+free. It says how far removing overhead could go, and what only cheaper arithmetic could.
+
+Measured 2026-12-04 on this project's 2-core CPU machine (load 0.0), the quick SFT policy of
 ``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, medians of 5
 alternating rounds, ``--rounds 5 --compile --baseline 9ce750f`` (9ce750f: the code when the PPO
 step's cost was taken up):
 
 | trainer | samples/s | / TRL | gold gain | start-up s | non-generation share of the step |
 |---|---|---|---|---|---|
-| ours, update_epochs=2 (the preset) | 515 | 1.30x | +0.638 | 0.0 | 75% |
-| ours, update_epochs=1 | 688 | 1.74x | +0.506 | 0.0 | 63% |
-| ours, update_epochs=4 | 309 | 0.78x | +0.649 | 0.0 | 84% |
-| ours, update_epochs=2, torch_compile | 514 | 1.30x | +0.638 | 9.3 | 75% |
-| ours as of 9ce750f, update_epochs=2 | 494 | 1.25x | +0.638 | - | - |
-| TRL RLOOTrainer | 396 | 1.00x | +0.479 | 0.1 | - |
+| ours, update_epochs=2 (the preset) | 551 | 1.21x | +0.638 | 0.0 | 76% |
+| ours, update_epochs=1 | 737 | 1.63x | +0.506 | 0.0 | 64% |
+| ours, update_epochs=4 | 345 | 0.76x | +0.649 | 0.0 | 85% |
+| ours, update_epochs=2, torch_compile | 552 | 1.22x | +0.638 | 8.6 | 75% |
+| ours as of 9ce750f, update_epochs=2 | 548 | 1.21x | +0.638 | - | - |
+| TRL RLOOTrainer | 453 | 1.00x | +0.479 | 0.0 | - |
 
-Peak RSS ours / TRL 0.79x (418 vs 529 MB; 497 compiled). Before and after reach the same
-policy (gold after +0.667 both): the changes since 9ce750f compute the same, and cost the same
-(1.04x here; 0.94x and 1.00x in two earlier runs). The ratios move with the machine: a
-3-round run an hour earlier gave 1.08x / 1.54x / 0.69x (TRL 440 samples/s, ours 475), one of an
-earlier session the same day 1.31x / 1.82x / 0.78x. Compiling gave no gain here (514 vs 515),
-+3% to +9% in three runs on 2026-12-03 and earlier on 2026-12-04.
+Peak RSS ours / TRL 0.79x (418 vs 531 MB; 496 compiled). Before and after reach the same
+policy (gold after +0.667 both) at the same speed (1.00x; 0.94x to 1.04x in earlier runs). The
+ratios move with the machine: two other 5-round runs the same day gave 1.30x / 1.74x / 0.78x
+(TRL 396 samples/s) and 1.17x / 1.75x / 0.76x (TRL 436); compiling gave +0% here, +10% in the
+second, +3% to +9% in three runs before.
 
-The profile of one step at 2 epochs (shares of the step's wall time under the profiler, which
-inflates the many small operators of sampling), same run: sampling 29%, reference pass 11%,
-reward 3%, advantages 1%, each update epoch 24%, optimizer 5%, everything else 2%; the operators
-are the model's own arithmetic (matrix products 36%, attention 23% of operator time), not
-Python. Timed alone (``benchmarks/update_variants.py``, the same day), one minibatch's forward +
-backward (32 sequences x 30 columns) is 16.3 ms: PPO's two epochs are four of these, TRL's one
-pass over the batch two, which is why the preset's step is not 2x TRL's here (see the README).
+The profile of one step at 2 epochs (shares of the step's wall time under the profiler), same
+run: sampling 24%, reference pass 11%, reward 3%, advantages 1%, each update epoch 27-28%,
+optimizer 5%, everything else 2%; the operators are the model's own arithmetic (matrix
+products 40%, attention 21% of operator time), not Python. The ceiling: 584 samples/s, 1.29x
+TRL, non-generation share 74% -- the step is already 94% model passes, so neither 2x TRL nor a
+share of 60% at 2 epochs is within reach by trimming overhead. Timed alone
+(``benchmarks/update_variants.py``), one minibatch's forward + backward (32 sequences x 30
+columns) is 16.3 ms: PPO's two epochs are four of these, TRL's one pass over the batch two.
 
 RLOO does less work per sample (no value function, one pass over each batch); PPO with the
 preset's two epochs spends more per sample and gets more gold reward for it; with one epoch it
@@ -208,10 +213,28 @@ PHASES = ("ppo/rollout/sample", "ppo/rollout/values", "ppo/rollout/reference", "
           "ppo/advantages", "ppo/update/epoch", "ppo/update/optimizer")
 
 
-def profile_step(trainer: PPOTrainer, top: int = 12) -> str:
-    """One PPO step under ``torch.profiler``: seconds per phase (the trainer's
-    ``record_function`` labels: sampling, values, reference pass, reward, advantages, each
-    update epoch, optimizer) and the operators that take the most time."""
+MODEL_PASSES = ("ppo/rollout/sample", "ppo/rollout/values", "ppo/rollout/reference", "ppo/update/epoch",
+                "ppo/update/optimizer")
+"""the phases that are the models' own passes (and the optimizer's arithmetic); the rest of the step is
+the reward function, the advantages and the Python around them"""
+
+
+def model_passes_ceiling(phases: dict[str, float], wall: float, samples_per_s: float,
+                         non_generation_share: float) -> tuple[float, float]:
+    """``(samples/s, non-generation share)`` the step would have if only its model passes took
+    any time: the fraction of the profiled step (``phases``: seconds per phase, ``wall``: its
+    seconds) that is model passes scales the measured ``samples_per_s`` up, and the measured
+    sampling time (``1 - non_generation_share`` of the step) becomes that much larger a share.
+    Generous to us: the reward function, which any trainer calls, counts as free."""
+    passes = sum(t for name, t in phases.items() if name.startswith(MODEL_PASSES)) / wall
+    return samples_per_s / passes, 1 - (1 - non_generation_share) / passes
+
+
+def profile_step(trainer: PPOTrainer, top: int = 12) -> dict:
+    """One PPO step under ``torch.profiler``: ``{"table": ..., "phases": ..., "wall": ...}``, the
+    table holding seconds per phase (the trainer's ``record_function`` labels: sampling, values,
+    reference pass, reward, advantages, each update epoch, optimizer) and the operators that
+    take the most time."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
@@ -232,14 +255,14 @@ def profile_step(trainer: PPOTrainer, top: int = 12) -> str:
     lines += ["", "| operator (self CPU time) | s | share of all operators | calls |", "|---|---|---|---|"]
     lines += [f"| {e.key} | {e.self_cpu_time_total / 1e6:.3f} | {e.self_cpu_time_total / total:.0%} | {e.count} |"
               for e in ops[:top]]
-    return "\n".join(lines)
+    return {"table": "\n".join(lines), "phases": phases, "wall": wall}
 
 
 def worker_profile(args) -> dict:
     world, model, tok, config, prompts, eval_prompts = setup(args)
     trainer = PPOTrainer(model, tok, gold_reward_fn(world), prompts, config, device="cpu")
     trainer.step()  # warm-up
-    return {"table": profile_step(trainer)}
+    return profile_step(trainer)
 
 
 def worker_generate(args) -> dict:
@@ -368,7 +391,15 @@ def main() -> None:
           f"{gen['rollout']*1e3:.0f} ms ({gen['rollout']/gen['generate']:.2f}x) |")
     print(f"\nour step at the preset's {get_preset('quick').ppo.update_epochs} epochs, one batch of {args.batch}, "
           f"{args.threads} thread(s):")
-    print(run_worker("profile", args)["table"])
+    profile = run_worker("profile", args)
+    print(profile["table"])
+    measured = medians.get(f"ours:{preset_epochs}")  # absent if --update-epochs leaves the preset's out
+    if measured:
+        sps, share = model_passes_ceiling(profile["phases"], profile["wall"], measured["samples"] / measured["wall_s"],
+                                          measured["non_generation_share"])
+        print(f"\nthe ceiling at update_epochs={preset_epochs}: if only the model passes (sampling, values, reference, "
+              f"update epochs, optimizer) took any time, {sps:.0f} samples/s = {sps / trl_sps:.2f}x TRL, with a "
+              f"non-generation share of {share:.0%}")
     print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f} s")
 
 

@@ -32,6 +32,18 @@ def test_full_scale_benchmark_stops_at_once_without_cuda():
     assert "Traceback" not in run.stderr
 
 
+def test_full_scale_benchmark_runs_through_on_the_cpu():
+    """ppo_full_scale.py is the GPU check, run once when a GPU is lent: every part of it (timed
+    steps, FLOPs, the generate comparison, the profiled step) must run through, here at the quick
+    scale on the CPU."""
+    run = subprocess.run([sys.executable, "ppo_full_scale.py", "--scale", "quick", "--device", "cpu", "--steps", "1",
+                          "--batch", "8", "--repeats", "1"], cwd=BENCHMARKS, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for printed in ("samples/s", "generated tokens/s", "model FLOPs", "whole rollout", "| ppo/update/optimizer |",
+                    "| operator (self CPU time) |"):
+        assert printed in run.stdout, printed
+
 def test_update_variants_compute_what_the_trainer_computes():
     """benchmarks/update_variants.py times other ways of the update's forward; each must give the
     trainer's log-probabilities and values (left and right padding, prompts of several lengths)."""
@@ -82,3 +94,16 @@ def test_reference_logprobs_benchmark_runs_and_both_ways_agree():
     assert "| LM head on the response positions |" in run.stdout and "| LM head on every position |" in run.stdout
     difference = float(run.stdout.rsplit("largest log-prob difference", 1)[1])
     assert difference < 1e-5
+
+
+def test_model_passes_ceiling_counts_only_the_model_passes():
+    """ppo_vs_trl.py's ceiling: the step with its reward, advantages and Python at no cost, and
+    the non-generation share of what is left."""
+    ppo_vs_trl = benchmark_module("ppo_vs_trl")
+    phases = {"ppo/rollout/sample": 0.2, "ppo/rollout/values": 0.05, "ppo/rollout/reference": 0.1,
+              "ppo/rollout/reward": 0.1, "ppo/advantages": 0.05, "ppo/update/epoch0": 0.2,
+              "ppo/update/epoch1": 0.2, "ppo/update/optimizer": 0.05}
+    samples_per_s, share = ppo_vs_trl.model_passes_ceiling(phases, wall=1.0, samples_per_s=100.0,
+                                                           non_generation_share=0.7)
+    assert samples_per_s == pytest.approx(100.0 / 0.8)  # 0.8 s of the 1 s step is model passes
+    assert share == pytest.approx(1 - 0.3 / 0.8)  # sampling, 30% of the step, is 37.5% of the passes
