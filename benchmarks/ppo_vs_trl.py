@@ -213,8 +213,7 @@ PHASES = ("ppo/rollout/sample", "ppo/rollout/values", "ppo/rollout/reference", "
           "ppo/advantages", "ppo/update/epoch", "ppo/update/optimizer")
 
 
-MODEL_PASSES = ("ppo/rollout/sample", "ppo/rollout/values", "ppo/rollout/reference", "ppo/update/epoch",
-                "ppo/update/optimizer")
+MODEL_PASSES = tuple(p for p in PHASES if p not in ("ppo/rollout/reward", "ppo/advantages"))
 """the phases that are the models' own passes (and the optimizer's arithmetic); the rest of the step is
 the reward function, the advantages and the Python around them"""
 

@@ -44,6 +44,7 @@ def test_full_scale_benchmark_runs_through_on_the_cpu():
                     "| operator (self CPU time) |"):
         assert printed in run.stdout, printed
 
+
 def test_update_variants_compute_what_the_trainer_computes():
     """benchmarks/update_variants.py times other ways of the update's forward; each must give the
     trainer's log-probabilities and values (left and right padding, prompts of several lengths)."""
