@@ -41,34 +41,32 @@ at the preset's epochs if only its model passes (sampling, reference pass, updat
 optimizer) took any time -- the reward function, the advantages and the Python between them
 free. It says how far removing overhead could go, and what only cheaper arithmetic could.
 
-Measured 2026-12-04 on this project's 2-core CPU machine (load 0.0), the quick SFT policy of
+Measured 2026-12-04 on this project's 2-core CPU machine (load 0.4), the quick SFT policy of
 ``make course --seed 1`` (0.11 M parameters), 40 x 64 completions, 1 thread, medians of 5
-alternating rounds, ``--rounds 5 --compile --baseline 9ce750f`` (9ce750f: the code when the PPO
-step's cost was taken up):
+alternating rounds, ``--rounds 5 --compile --baseline 802af29`` (802af29: the code before the
+padding-free forward of ``rlhf_utils.gpt2_fast``):
 
 | trainer | samples/s | / TRL | gold gain | start-up s | non-generation share of the step |
 |---|---|---|---|---|---|
-| ours, update_epochs=2 (the preset) | 551 | 1.21x | +0.638 | 0.0 | 76% |
-| ours, update_epochs=1 | 737 | 1.63x | +0.506 | 0.0 | 64% |
-| ours, update_epochs=4 | 345 | 0.76x | +0.649 | 0.0 | 85% |
-| ours, update_epochs=2, torch_compile | 552 | 1.22x | +0.638 | 8.6 | 75% |
-| ours as of 9ce750f, update_epochs=2 | 548 | 1.21x | +0.638 | - | - |
+| ours, update_epochs=2 (the preset) | 618 | 1.36x | +0.638 | 0.0 | 73% |
+| ours, update_epochs=1 | 883 | 1.95x | +0.506 | 0.0 | 61% |
+| ours, update_epochs=4 | 392 | 0.86x | +0.644 | 0.0 | 83% |
+| ours, update_epochs=2, torch_compile | 573 | 1.26x | +0.638 | 8.1 | 74% |
+| ours as of 802af29, update_epochs=2 | 584 | 1.29x | +0.638 | - | 76% |
 | TRL RLOOTrainer | 453 | 1.00x | +0.479 | 0.0 | - |
 
-Peak RSS ours / TRL 0.79x (418 vs 531 MB; 496 compiled). Before and after reach the same
-policy (gold after +0.667 both) at the same speed (1.00x; 0.94x to 1.04x in earlier runs). The
-ratios move with the machine: two other 5-round runs the same day gave 1.30x / 1.74x / 0.78x
-(TRL 396 samples/s) and 1.17x / 1.75x / 0.76x (TRL 436); compiling gave +0% here, +10% in the
-second, +3% to +9% in three runs before.
+Peak RSS ours / TRL 0.84x (447 vs 532 MB). After / before 802af29: 1.06x the samples/s (1.10x
+in a second run, ``--rounds 5 --update-epochs 2 --baseline 802af29``), the same policy (gold
+after +0.667 both), peak RSS 1.07x. Compiling now loses (0.93x uncompiled): the compiled update
+traces the model's own padded forward.
 
 The profile of one step at 2 epochs (shares of the step's wall time under the profiler), same
-run: sampling 24%, reference pass 11%, reward 3%, advantages 1%, each update epoch 27-28%,
-optimizer 5%, everything else 2%; the operators are the model's own arithmetic (matrix
-products 40%, attention 21% of operator time), not Python. The ceiling: 584 samples/s, 1.29x
-TRL, non-generation share 74% -- the step is already 94% model passes, so neither 2x TRL nor a
-share of 60% at 2 epochs is within reach by trimming overhead. Timed alone
+run: sampling 27%, reference pass 10%, reward 3%, advantages 1%, each update epoch 26%,
+optimizer 5%, everything else 3%; matrix products are 33% of operator time, attention 22%.
+The ceiling: 662 samples/s, 1.46x TRL, non-generation share 71% -- neither 2x TRL nor a share
+of 60% at 2 epochs is within reach by trimming overhead. Timed alone
 (``benchmarks/update_variants.py``), one minibatch's forward + backward (32 sequences x 30
-columns) is 16.3 ms: PPO's two epochs are four of these, TRL's one pass over the batch two.
+columns) is 12.1 ms: PPO's two epochs are four of these, TRL's one pass over the batch two.
 
 RLOO does less work per sample (no value function, one pass over each batch); PPO with the
 preset's two epochs spends more per sample and gets more gold reward for it; with one epoch it

@@ -7,19 +7,22 @@ milliseconds of each, and the largest difference of its response log-probabiliti
 trainer's way, are printed:
 
 * ``trainer`` -- what :class:`rlhf_utils.ppo.PPOTrainer` does: padding trimmed to the columns the
-  rows use, a padding mask, scaled-dot-product attention (``sdpa``);
+  rows use, then, for a plain GPT-2, :func:`rlhf_utils.gpt2_fast.last_hidden_state`: the
+  per-token work on the real tokens only, attention on left-aligned rows under the causal mask;
+* ``padded`` -- the model's own forward on the trimmed padded batch with its padding mask
+  (scaled-dot-product attention): the trainer's way until the padding-free forward;
 * ``eager attention`` -- the same with transformers' ``eager`` attention (matmul, softmax, matmul);
-* ``causal mask only`` -- each row's tokens moved to its left (no left padding), then no mask
-  at all: the causal mask alone keeps the right padding out of every real token's view;
+* ``causal mask only`` -- each row's tokens moved to its left (no left padding), then the
+  model's own forward with no mask at all: the causal mask alone keeps the right padding out
+  of every real token's view;
 * ``packed`` -- the real tokens of several rows side by side in one row (first-fit, rows of
   twice the longest sequence), positions restarting at 0 for each, so no padding is computed;
   transformers builds the block-diagonal causal mask from the ``position_ids``;
-* ``torch.compile`` -- the trainer's way, compiled (``dynamic=True``); its compiling is timed
-  apart.
+* ``torch.compile`` -- the model compiled (``dynamic=True``; it traces the model's own
+  forward, ``gpt2_fast`` stands aside while compiling); its compiling is timed apart.
 
-These are the ways to make the update cheaper without changing what it computes; the trainer
-keeps the first because none of the others gains enough to pay for itself on a CPU (the
-README's benchmarks section quotes the figures).
+The trainer takes the way that measures fastest on a CPU (the README's benchmarks section
+quotes the figures).
 
     python benchmarks/update_variants.py [--policy checkpoints/sft] [--rounds 30]
 """
@@ -108,8 +111,13 @@ def ways(model: PolicyWithValueHead, ids, mask, start):
                       use_cache=False).last_hidden_state
         return heads(hidden.reshape(rows * width, -1)[flat])
 
+    def padded():
+        return heads(body(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                          use_cache=False).last_hidden_state)
+
     compiled = torch.compile(model, dynamic=True)
-    return {"trainer": lambda: model(ids, mask, start), "eager attention": lambda: eager(ids, mask, start),
+    return {"trainer": lambda: model(ids, mask, start), "padded": padded,
+            "eager attention": lambda: eager(ids, mask, start),
             "causal mask only": causal, "packed": packed,
             "torch.compile": lambda: compiled(ids, mask, start)}
 

@@ -6,7 +6,7 @@ One module per idea (the README's module map says what each holds):
   ``checks`` (argument checks at the boundary), ``reproducibility`` (what a CPU run pins),
   ``ops`` (tensor helpers), ``world`` (the synthetic reviews and their gold preference),
   ``report`` (a notebook's figures);
-* language models -- ``lm``, ``gpt2_decoder`` (a faster decoding step), ``checkpoints``,
+* language models -- ``lm``, ``gpt2_fast`` (a faster decoding step and a padding-free forward), ``checkpoints``,
   ``checked_compile`` (``torch.compile``, trusted only once checked);
 * reinforcement learning -- ``rl`` (returns, GAE, the policy-gradient losses), ``bandit``,
   ``cartpole``, ``text_env``;
@@ -35,7 +35,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "config", "checks", "runtime", "reproducibility", "ops", "world", "report", "lm", "gpt2_decoder", "checkpoints", "checked_compile", "rl", "bandit",
+    "config", "checks", "runtime", "reproducibility", "ops", "world", "report", "lm", "gpt2_fast", "checkpoints", "checked_compile", "rl", "bandit",
     "cartpole", "text_env", "feedback", "annotators", "rating", "widgets", "preferences", "reward",
     "reward_shaping", "value_head", "ppo", "critic_free", "ppo_checkpoint", "ppo_cli", "dpo", "evaluation",
     "overoptimisation", "reward_ensemble", "plotting", "active", "live_threads", "live_loop", "course",

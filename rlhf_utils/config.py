@@ -358,9 +358,11 @@ class PPOConfig:
     """``torch.compile`` the update's forward (policy and value head, dynamic shapes): the same
     losses to float rounding, checked at the start (:mod:`rlhf_utils.checked_compile`); where
     compiling fails (no C++ compiler, an unsupported model) the trainer warns and trains
-    uncompiled. Off by default: on the course's CPU, compiling takes 10-30 s and the update
-    gains a few percent (``benchmarks/ppo_vs_trl.py --compile`` prints both); on a GPU, measure
-    it with ``benchmarks/ppo_full_scale.py --compile``."""
+    uncompiled. It traces the model's own forward, padding included (:mod:`rlhf_utils.gpt2_fast`'s
+    padding-free forward stands aside). Off by default: on the course's CPU, compiling takes
+    10-30 s and the compiled update is slower than GPT-2's padding-free one
+    (``benchmarks/ppo_vs_trl.py --compile`` prints both); on a GPU, measure it with
+    ``benchmarks/ppo_full_scale.py --compile``."""
     seed: int = 0
     """seed of prompts, sampling and batch order"""
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_utils import gpt2_decoder
+from rlhf_utils import gpt2_fast
 from rlhf_utils.checks import check_int, check_number, check_texts
 from rlhf_utils.ops import (entropy_from_logits, masked_mean, pad_left, pad_right, position_ids_from_mask,
                             selective_log_softmax)
@@ -148,12 +148,30 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     next-token distribution. Logits are divided by ``temperature`` (the distribution a
     policy sampled at that temperature actually followed).
     """
-    keep = {"logits_to_keep": logits_to_keep} if logits_to_keep and takes_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False, **keep)
-    logits = (out.logits[:, -logits_to_keep:] if logits_to_keep else out.logits)[:, :-1] / temperature  # [B, N-1, V]
+    if gpt2_fast.supports(model):  # the real tokens only (GPT-2's forward is lm_head(last hidden state))
+        hidden = gpt2_fast.last_hidden_state(model, input_ids, attention_mask)
+        logits = model.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+    else:
+        keep = {"logits_to_keep": logits_to_keep} if logits_to_keep and takes_logits_to_keep(model) else {}
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids_from_mask(attention_mask), use_cache=False, **keep).logits
+        logits = logits[:, -logits_to_keep:] if logits_to_keep else logits
+    logits = logits[:, :-1] / temperature  # [B, N-1, V]
     logprobs = selective_log_softmax(logits, input_ids[:, input_ids.shape[1] - logits.shape[1]:])
     return (logprobs, entropy_from_logits(logits)) if with_entropy else logprobs
+
+
+def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The transformer body's final hidden state ``[B, T, H]`` of a padded batch, positions
+    counted over real tokens (a ``peft`` model: its base model, LoRA layers included). For a
+    plain GPT-2, computed on the real tokens only and 0 at padding
+    (:func:`rlhf_utils.gpt2_fast.last_hidden_state`); elsewhere padding holds what the model
+    left there. Either way, mask it out."""
+    hf = hf_model(model)
+    if gpt2_fast.supports(hf):
+        return gpt2_fast.last_hidden_state(hf, input_ids, attention_mask)
+    return hf.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
 
 
 def hf_model(model):
@@ -305,7 +323,7 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     ``generator`` (on the model's device) makes sampling repeatable. ``with_hidden`` also
     returns the final hidden state from which each response token was chosen (a value head
     reads it). After the prefill, a plain GPT-2 in eval mode decodes through
-    :class:`rlhf_utils.gpt2_decoder.GPT2Decoder` (the same numbers, less overhead), any other
+    :class:`rlhf_utils.gpt2_fast.GPT2Decoder` (the same numbers, less overhead), any other
     model through its own forward.
     """
     device = check_model(model, tokenizer, "sample")
@@ -328,8 +346,8 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     decoder = _Decoder(model, with_hidden)
     logits, hidden = decoder.prefill(prompt_ids, prompt_mask)
-    if gpt2_decoder.supports(model):
-        decoder = gpt2_decoder.GPT2Decoder(model, decoder.cache, prompt_mask, max_new_tokens, with_hidden)
+    if gpt2_fast.supports(model):
+        decoder = gpt2_fast.GPT2Decoder(model, decoder.cache, prompt_mask, max_new_tokens, with_hidden)
     tokens, logps, alive, hiddens = [], [], [], []
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=device)
     for i in range(max_new_tokens):

@@ -442,9 +442,10 @@ class PPOTrainer:
         1 / length, scale = its share of the sequences; "constant" -- weights 1, scale = its
         tokens over ``n_sequences * max_new_tokens``.
 
-        Only the columns that hold a real token of these rows are computed: padding is masked
-        out of attention and loss, so the columns that are padding in every row change nothing
-        but the cost (``tests/test_ppo.py`` checks the update against an untrimmed reference).
+        Only the columns that hold a real token of these rows are computed (and for a plain
+        GPT-2 only their real tokens, :func:`rlhf_utils.gpt2_fast.last_hidden_state`): padding
+        is masked out of attention and loss, so it changes nothing but the cost
+        (``tests/test_ppo.py`` checks the update against an untrimmed reference).
         """
         c = self.config
         input_ids, attention_mask, start, width = ro.trimmed(rows)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from rlhf_utils.lm import hf_model
-from rlhf_utils.ops import position_ids_from_mask
+from rlhf_utils.lm import hf_model, last_hidden_state
 
 # --------------------------------------------------------------------------------------
 # The policy with its value head
@@ -40,12 +39,8 @@ class PolicyWithValueHead(nn.Module):
         which tokens ``start+1 .. T-1`` were chosen (``start = P - 1`` for the response of a
         ``[prompt | response]`` batch). One pass of the transformer body; the LM head is
         applied to those positions only."""
-        hf = hf_model(self.lm)
-        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_from_mask(attention_mask),
-                               use_cache=False).last_hidden_state  # [B, T, H]
-        h = hidden[:, start:-1]  # [B, R, H]
-        return hf.get_output_embeddings()(h), self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1)
+        h = last_hidden_state(self.lm, input_ids, attention_mask)[:, start:-1]  # [B, R, H]
+        return hf_model(self.lm).get_output_embeddings()(h), self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1)
 
 
 def check_forward_matches(model: PolicyWithValueHead) -> None:

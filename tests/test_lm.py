@@ -1,4 +1,4 @@
-"""Tests of rlhf_utils.lm, rlhf_utils.gpt2_decoder and rlhf_utils.checkpoints, each against
+"""Tests of rlhf_utils.lm, rlhf_utils.gpt2_fast and rlhf_utils.checkpoints, each against
 an independent reference.
 
 References: a naive loop that runs the model on each text alone (no padding, no mask,
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf_utils import checkpoints, gpt2_decoder, lm, ops
+from rlhf_utils import checkpoints, gpt2_fast, lm, ops
 from rlhf_utils.config import LMConfig
 from rlhf_utils.world import World
 
@@ -152,8 +152,10 @@ def test_token_logprobs_temperature_and_entropy(tok, random_model):
     with torch.no_grad():
         logits = random_model(ids, attention_mask=mask, position_ids=ops.position_ids_from_mask(mask)).logits
     logp = torch.log_softmax(logits[:, :-1].double() / 2.0, -1)
-    torch.testing.assert_close(lp.double(), logp.gather(-1, ids[:, 1:, None])[..., 0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ent.double(), -(logp.exp() * logp).sum(-1), atol=1e-5, rtol=0)
+    real = mask[:, :-1].bool()  # predicted from a real token (from padding: meaningless, as documented)
+    assert not real.all()  # the prompts are left-padded
+    torch.testing.assert_close(lp.double()[real], logp.gather(-1, ids[:, 1:, None])[..., 0][real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent.double()[real], -(logp.exp() * logp).sum(-1)[real], atol=1e-5, rtol=0)
 
 
 def test_response_and_continuation_logprobs_match_naive_loop(tok, random_model):
@@ -212,8 +214,9 @@ def test_response_logprobs_run_the_lm_head_on_the_response_positions_only(tok, r
     assert lm.takes_logits_to_keep(random_model) and not lm.takes_logits_to_keep(older)
     with torch.no_grad():
         all_logprobs, all_entropy = lm.response_logprobs(older, *args)
-    torch.testing.assert_close(all_logprobs, logprobs, atol=1e-6, rtol=0)
-    torch.testing.assert_close(all_entropy, entropy, atol=1e-6, rtol=0)
+    real = response_mask.bool()  # at padding the values are meaningless (documented)
+    torch.testing.assert_close(all_logprobs[real], logprobs[real], atol=1e-6, rtol=0)
+    torch.testing.assert_close(all_entropy[real], entropy[real], atol=1e-6, rtol=0)
     peft_model = get_peft_model(copy.deepcopy(random_model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
     assert lm.takes_logits_to_keep(peft_model)
 
@@ -389,9 +392,9 @@ def needs_fast_decoder():
     """The fast decoder is only switched on for the transformers releases it was checked on."""
     import transformers
 
-    if transformers.__version__ not in gpt2_decoder.TESTED_TRANSFORMERS:
-        pytest.skip(f"transformers {transformers.__version__} is not in gpt2_decoder.TESTED_TRANSFORMERS "
-                    f"{gpt2_decoder.TESTED_TRANSFORMERS}, so lm.sample takes the model's own forward; add the "
+    if transformers.__version__ not in gpt2_fast.TESTED_TRANSFORMERS:
+        pytest.skip(f"transformers {transformers.__version__} is not in gpt2_fast.TESTED_TRANSFORMERS "
+                    f"{gpt2_fast.TESTED_TRANSFORMERS}, so lm.sample takes the model's own forward; add the "
                     "release there and run these tests to check the decoder on it")
 
 
@@ -406,14 +409,14 @@ def test_fast_gpt2_decoding_equals_the_hugging_face_forward(tok, trained, world,
     model.load_state_dict(trained.model.state_dict())
     prompts = world.prompts(24, seed=9) + ["", "the food was"]
     needs_fast_decoder()
-    assert gpt2_decoder.supports(model)
+    assert gpt2_fast.supports(model)
 
     def run():
         return lm.sample(model, tok, prompts, 30, temperature=1.2, generator=torch.Generator().manual_seed(0),
                          with_hidden=True)
 
     fast = run()
-    monkeypatch.setattr(gpt2_decoder, "supports", lambda m: False)
+    monkeypatch.setattr(gpt2_fast, "supports", lambda m: False)
     slow = run()
     assert len(set(fast.response_mask.sum(1).tolist())) > 3  # rows ended at different steps
     assert fast.hidden.shape == (len(prompts), fast.response_ids.shape[1], model.config.n_embd)
@@ -429,16 +432,16 @@ def test_fast_gpt2_decoding_only_for_a_plain_gpt2_in_eval_mode(tok, trained):
 
     needs_fast_decoder()
     model = copy.deepcopy(trained.model)
-    assert gpt2_decoder.supports(model)
-    assert not gpt2_decoder.supports(model.train())
+    assert gpt2_fast.supports(model)
+    assert not gpt2_fast.supports(model.train())
     eager = GPT2LMHeadModel._from_config(model.config, attn_implementation="eager").eval()
-    assert not gpt2_decoder.supports(eager)
+    assert not gpt2_fast.supports(eager)
     peft_model = get_peft_model(copy.deepcopy(trained.model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
-    assert not gpt2_decoder.supports(peft_model) and not gpt2_decoder.supports(peft_model.get_base_model().eval())
+    assert not gpt2_fast.supports(peft_model) and not gpt2_fast.supports(peft_model.get_base_model().eval())
 
 
 @torch.no_grad()
-def test_gpt2_decoder_steps_equal_the_model_forward_bit_for_bit(tok, trained, world):
+def test_gpt2_fast_steps_equal_the_model_forward_bit_for_bit(tok, trained, world):
     """Step by step, GPT2Decoder's logits and hidden states equal those of the model's own
     forward with its KV cache (lm's fall-back decoder), bit for bit -- rows of several prompt
     lengths (one only BOS), two of them ending (masked out) half-way."""
@@ -451,7 +454,7 @@ def test_gpt2_decoder_steps_equal_the_model_forward_bit_for_bit(tok, trained, wo
     prefill = lm._Decoder(model, with_hidden=True)
     logits, hidden = prefill.prefill(prompt_ids, prompt_mask)
     assert torch.equal(logits, slow_logits) and torch.equal(hidden, slow_hidden)
-    fast = gpt2_decoder.GPT2Decoder(model, prefill.cache, prompt_mask, steps, with_hidden=True)
+    fast = gpt2_fast.GPT2Decoder(model, prefill.cache, prompt_mask, steps, with_hidden=True)
     g = torch.Generator().manual_seed(0)
     alive = torch.ones(batch, dtype=torch.bool)
     for step in range(steps):
@@ -465,7 +468,7 @@ def test_gpt2_decoder_steps_equal_the_model_forward_bit_for_bit(tok, trained, wo
 
 
 @pytest.mark.parametrize("switch", ["RLHF_FAST_GPT2=0", "untested transformers"])
-def test_gpt2_decoder_falls_back_to_the_model_forward(tok, trained, world, monkeypatch, switch):
+def test_gpt2_fast_falls_back_to_the_model_forward(tok, trained, world, monkeypatch, switch):
     """With RLHF_FAST_GPT2=0, or on a transformers release the decoder was not checked on,
     supports() is False and lm.sample never builds a GPT2Decoder -- with the same samples."""
     needs_fast_decoder()
@@ -476,22 +479,102 @@ def test_gpt2_decoder_falls_back_to_the_model_forward(tok, trained, world, monke
         return lm.sample(model, tok, prompts, 20, generator=torch.Generator().manual_seed(0), with_hidden=True)
 
     monkeypatch.setenv("RLHF_FAST_GPT2", "1")
-    assert gpt2_decoder.supports(model)
+    assert gpt2_fast.supports(model)
     fast = run()
     if switch == "RLHF_FAST_GPT2=0":
         monkeypatch.setenv("RLHF_FAST_GPT2", "0")
     else:
-        monkeypatch.setattr(gpt2_decoder, "TESTED_TRANSFORMERS", ("0.0.1",))
-    assert not gpt2_decoder.supports(model)
+        monkeypatch.setattr(gpt2_fast, "TESTED_TRANSFORMERS", ("0.0.1",))
+    assert not gpt2_fast.supports(model)
 
     def refuse(*args, **kwargs):
         raise AssertionError("lm.sample used the fast decoder although supports() is False")
 
-    monkeypatch.setattr(gpt2_decoder, "GPT2Decoder", refuse)
+    monkeypatch.setattr(gpt2_fast, "GPT2Decoder", refuse)
     slow = run()
     for name in ("response_ids", "response_mask", "logprobs", "hidden"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
     assert fast.texts == slow.texts
+
+
+def _padded_batch(tok, world):
+    """Left-padded prompts (one only BOS) followed by right-padded continuations of several lengths."""
+    prompt_ids, prompt_mask = lm.encode_prompts(tok, world.prompts(5, seed=21) + [""])
+    completions = ["the acting was great .", "boring .", "", "the food was very good . i liked the staff .",
+                   "i would go again", "no ."]
+    response_ids, response_mask = lm.encode_responses(tok, completions)
+    ids, mask = torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask, response_mask], 1)
+    assert not mask[:, 0].all() and not mask[:, -1].all()  # padding on the left and on the right
+    return ids, mask, prompt_ids.shape[1]
+
+
+def test_padding_free_forward_equals_the_model_at_every_real_token_and_in_its_gradients(tok, world, random_model):
+    """last_hidden_state computes the per-token work on the real tokens only and attention on
+    left-aligned rows; at every real token its hidden state is the model's own (float rounding:
+    the products have other shapes), 0 at padding, and the gradients it gives the weights equal
+    the model's own forward's."""
+    needs_fast_decoder()
+    model = copy.deepcopy(random_model)
+    ids, mask, _ = _padded_batch(tok, world)
+    real = mask.bool()
+    weights = torch.randn(ids.shape + (model.config.n_embd,), generator=torch.Generator().manual_seed(0))
+
+    def hidden_and_grads(fast: bool):
+        model.zero_grad(set_to_none=True)
+        if fast:
+            hidden = gpt2_fast.last_hidden_state(model, ids, mask)
+        else:
+            hidden = model.transformer(input_ids=ids, attention_mask=mask, use_cache=False,
+                                       position_ids=ops.position_ids_from_mask(mask)).last_hidden_state
+        (hidden * weights * real[..., None]).sum().backward()
+        return hidden.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    (fast, fast_grads), (slow, slow_grads) = hidden_and_grads(True), hidden_and_grads(False)
+    assert fast.shape == slow.shape == ids.shape + (model.config.n_embd,)
+    torch.testing.assert_close(fast[real], slow[real], atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast[~real], torch.zeros_like(fast[~real]))
+    assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) == len(list(model.parameters()))
+    for name, grad in slow_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("switch", ["RLHF_FAST_GPT2=0", "torch.compile", "training mode"])
+def test_padding_free_forward_falls_back_to_the_model_forward(tok, world, random_model, monkeypatch, switch):
+    """token_logprobs and the policy-with-value-head forward take last_hidden_state for a plain
+    GPT-2 in eval mode, and the model's own forward when it is switched off, while torch.compile
+    traces, or in training mode -- with the same log-probabilities and values at the real tokens."""
+    from rlhf_utils.value_head import PolicyWithValueHead
+
+    needs_fast_decoder()
+    policy = PolicyWithValueHead(copy.deepcopy(random_model)).eval()
+    torch.nn.init.normal_(policy.v_head.weight, generator=torch.Generator().manual_seed(0))
+    ids, mask, prompt_length = _padded_batch(tok, world)
+    start = prompt_length - 1  # the last prompt token: the policy's outputs are for the responses
+
+    @torch.no_grad()
+    def outputs():
+        return lm.token_logprobs(policy.lm, ids, mask), *policy(ids, mask, start)
+
+    calls = []
+    monkeypatch.setattr(gpt2_fast, "last_hidden_state",
+                        lambda *a, f=gpt2_fast.last_hidden_state: calls.append(1) or f(*a))
+    fast = outputs()
+    assert len(calls) == 2
+    if switch == "RLHF_FAST_GPT2=0":
+        monkeypatch.setenv("RLHF_FAST_GPT2", "0")
+    elif switch == "torch.compile":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    else:
+        for m in policy.train().modules():  # training mode, its dropout at p = 0 (the same numbers)
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    assert not gpt2_fast.supports(policy.lm)
+    slow = outputs()
+    assert len(calls) == 2  # not called again
+    real = mask[:, :-1].bool()  # the outputs read at a real token
+    torch.testing.assert_close(fast[0][real], slow[0][real], atol=1e-5, rtol=0)
+    for f, s in zip(fast[1:], slow[1:]):
+        torch.testing.assert_close(f[real[:, start:]], s[real[:, start:]], atol=1e-5, rtol=1e-5)
 
 
 def test_sample_bad_arguments(tok, random_model):

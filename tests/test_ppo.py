@@ -446,9 +446,10 @@ def _plain_update(model, optimizer, ro, advantages, returns, config, generator):
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
 def test_update_equals_a_plain_untrimmed_reference(tokenizer, build):
-    """The trainer computes each micro-batch on the columns its rows use (padding trimmed) and
-    takes the log-softmax once for log-probs and entropy; the parameters it reaches equal those
-    of the plain update on the full padded batch, to float tolerance."""
+    """The trainer computes each micro-batch on the columns its rows use (padding trimmed; for
+    GPT-2 on its real tokens only, rlhf_utils.gpt2_fast) and takes the log-softmax once for
+    log-probs and entropy; the parameters it reaches equal those of the plain update on the
+    full padded batch through the model's own forward, to float tolerance."""
     import copy
 
     t = PPOTrainer(build(tokenizer), tokenizer, gold_fn, PROMPTS, TINY)
@@ -464,11 +465,32 @@ def test_update_equals_a_plain_untrimmed_reference(tokenizer, build):
     ref_gen = torch.Generator().manual_seed(0)
     ref_gen.set_state(t.shuffle_gen.get_state())
     t.update(ro)
-    _plain_update(reference, ref_opt, ro, advantages, returns, TINY, ref_gen)
+    with pytest.MonkeyPatch.context() as patch:  # the reference through the model's own forward
+        patch.setenv("RLHF_FAST_GPT2", "0")
+        _plain_update(reference, ref_opt, ro, advantages, returns, TINY, ref_gen)
     trained = dict(t.accelerator.unwrap_model(t.model).named_parameters())
     for name, p in reference.named_parameters():
         assert torch.allclose(trained[name], p, atol=2e-6, rtol=1e-5), name
     assert any(not torch.equal(p, q) for p, q in zip(reference.parameters(), build(tokenizer).parameters()))
+
+
+def test_padding_free_forward_reaches_the_parameters_of_the_model_forward(tokenizer, monkeypatch):
+    """Two steps through rlhf_utils.gpt2_fast's padding-free forward (the update and the
+    reference pass) and two through the model's own forward (RLHF_FAST_GPT2=0), same seed:
+    the same completions, the same statistics and the same parameters, to float tolerance."""
+    trainers = {}
+    for fast in ("1", "0"):
+        monkeypatch.setenv("RLHF_FAST_GPT2", fast)
+        trainers[fast] = PPOTrainer(tiny_gpt2(tokenizer), tokenizer, gold_fn, PROMPTS, dataclasses.replace(TINY, steps=2))
+        trainers[fast].train(progress=False)
+    fast, slow = trainers["1"], trainers["0"]
+    for a, b in zip(fast.history, slow.history):
+        assert a["objective/scores"] == b["objective/scores"]  # the same texts
+        for key in ("objective/kl", "loss/policy", "loss/value", "policy/entropy", "policy/approx_kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    trained = _params(fast.accelerator.unwrap_model(fast.model))
+    for name, p in _params(slow.accelerator.unwrap_model(slow.model)).items():
+        assert torch.allclose(trained[name], p, atol=1e-5, rtol=1e-4), name
 
 
 @pytest.mark.needs_cxx

@@ -118,7 +118,7 @@ MAX_MODULE_LINES = 560
 LONGER_MODULES_ALLOWED = {"config.py": 800}
 """config.py is declarations: one dataclass per algorithm, a docstring per field, both presets --
 the one place sizes live (DESIGN.md); splitting it would scatter them"""
-PRIVATE_API_ALLOWED = {"gpt2_decoder.py"}  # a speed trick that reads GPT-2's internals, on tested releases only
+PRIVATE_API_ALLOWED = {"gpt2_fast.py"}  # a speed trick that reads GPT-2's internals, on tested releases only
 PRIVATE_API = [
     # torch._C, torch._dynamo, torch.nn.functional._pad, torch.utils._pytree ... (also in imports)
     re.compile(r"\btorch(?:\.\w+)*\._\w"),
@@ -169,7 +169,7 @@ def test_the_private_api_patterns_catch_what_they_should():
     assert [t for t in public if private_api_uses(t)] == []
 
 
-def test_no_module_but_gpt2_decoder_uses_a_private_torch_or_transformers_api():
+def test_no_module_but_gpt2_fast_uses_a_private_torch_or_transformers_api():
     found = {p.name: private_api_uses(p.read_text()) for p in package_modules() if p.name not in PRIVATE_API_ALLOWED}
     assert {name: uses for name, uses in found.items() if uses} == {}
     # the exception is real: the allowed module does read internals (else drop it from the allowance)
