@@ -101,12 +101,12 @@ def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     x = model.transformer.wte(input_ids.reshape(-1)[real]) + model.transformer.wpe(position)  # [N, E]
     for block in model.transformer.h:
         qkv = _qkv(block, c, x)  # [N, 3E]
-        rows = qkv.new_zeros(batch * row_width, qkv.shape[1]).index_copy(0, slot, qkv)
+        rows = qkv.new_zeros(batch * row_width, qkv.shape[1]).index_copy_(0, slot, qkv)
         q, k, v = rows.view(batch, row_width, 3, c.n_head, c.n_embd // c.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, heads, W, head_dim]
         x = _after_attention(block, c, x, attended.transpose(1, 2).reshape(batch * row_width, -1).index_select(0, slot))
     x = _final_norm(model, x)
-    return x.new_zeros(batch * width, x.shape[1]).index_copy(0, real, x).view(batch, width, -1)
+    return x.new_zeros(batch * width, x.shape[1]).index_copy_(0, real, x).view(batch, width, -1)
 
 
 class GPT2Decoder:

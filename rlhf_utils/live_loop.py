@@ -57,7 +57,7 @@ from rlhf_utils.annotators import SCRIPTED_READER
 from rlhf_utils.checks import check_texts
 from rlhf_utils.config import LiveLoopConfig, PPOConfig, get_device
 from rlhf_utils.evaluation import pairwise_agreement
-from rlhf_utils.feedback import SCHEMA_VERSION, FeedbackStore, live_judgements
+from rlhf_utils.feedback import SCHEMA_VERSION, FeedbackStore, item_key, live_judgements
 from rlhf_utils.live_threads import LiveSession, LoopWorker
 from rlhf_utils.preferences import PreferencePair, is_reader, pairs_from_judgements
 from rlhf_utils.reward import RewardModel, bradley_terry_loss, pair_rewards, pair_tensors
@@ -258,8 +258,6 @@ class LiveLoop(LoopWorker):
         return self._labels_cache[1]
 
     def _offered_keys(self) -> set[str]:
-        from rlhf_utils.feedback import item_key
-
         return {item_key(p, a, b) for p, a, b, _ in self.offered}
 
     def pending(self) -> list[dict]:
@@ -317,11 +315,18 @@ class LiveLoop(LoopWorker):
         return lm.sample(model, self.tokenizer, prompts, self.ppo_config.max_new_tokens,
                          temperature=self.ppo_config.temperature, generator=gen).texts
 
-    def _candidates(self, model, round_: int) -> list[tuple[str, str, str]]:
+    def _candidates(self, model, round_: int, seen: set[str] = frozenset()) -> list[tuple[str, str, str]]:
+        """``(prompt, a, b)`` pairs of two different completions by ``model``, each pair once and
+        none whose item key is in ``seen`` (offered before: a policy that has settled on its
+        favourite texts writes the same pair again, and a reader cannot rate it twice)."""
         rng = np.random.default_rng([self.cfg.seed, round_ + 1])
         prompts = [self.prompts[i] for i in rng.integers(0, len(self.prompts), self.cfg.candidate_pool)]
         texts = self._sample(model, [p for p in prompts for _ in (0, 1)], self.cfg.seed * 7919 + round_ + 11)
-        return [(p, a, b) for p, a, b in zip(prompts, texts[0::2], texts[1::2]) if a != b]
+        pairs: dict[str, tuple[str, str, str]] = {}
+        for p, a, b in zip(prompts, texts[0::2], texts[1::2]):
+            if a != b and (key := item_key(p, a, b)) not in seen:
+                pairs.setdefault(key, (p, a, b))
+        return list(pairs.values())
 
     def _gold_mean(self, prompts: list[str], texts: list[str]) -> float:
         return float("nan") if self.gold is None else float(np.mean(self.gold(texts, prompts)))
@@ -363,7 +368,7 @@ class LiveLoop(LoopWorker):
             pass
         stats = [self.trainer.step() for _ in range(c.ppo_steps)]
         policy = self.trainer.policy
-        candidates = self._candidates(policy, self.round)
+        candidates = self._candidates(policy, self.round, self._offered_keys())
         picked = select_pairs(candidates, self.members, c.pairs_per_round, c.strategy, c.explore,
                               seed=c.seed * 1009 + self.round)
         offer = [candidates[i] for i in picked]
@@ -409,10 +414,10 @@ def run_scripted_reader(loop: LiveLoop, annotator, n_labels: int, seed: int = 0,
     rng, waits = np.random.default_rng([seed, loop.round]), []
     while (have := len(loop.labels())) < n_labels:
         want = min(loop.cfg.k - len(loop.pending()), n_labels - have)
-        if scripted_reader(session, annotator, want, rng) < want:
-            raise LiveLoopError(f"the scripted reader found only part of {want} pairs to rate: {session.message}")
+        if scripted_reader(session, annotator, want, rng) < want and not loop.pending():
+            raise LiveLoopError(f"the scripted reader found none of {want} pairs to rate: {session.message}")
         if len(loop.pending()) < loop.cfg.k:
-            loop.train_now()  # the last, smaller batch
+            loop.train_now()  # the last, smaller batch, or all the round offered (fewer new pairs than k)
         t0 = time.perf_counter()
         if not loop.wait(loop.rounds_shown + 1, timeout):
             raise LiveLoopError(loop.error or f"no round finished within {timeout} s")

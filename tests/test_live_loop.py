@@ -221,6 +221,26 @@ def test_rounds_run_resume_and_queue_clicks(policy, tokenizer, tmp_path):
         _loop(policy, tokenizer, tmp_path, dataclasses.replace(TINY, k=5))
 
 
+def test_a_policy_that_repeats_itself_is_never_offered_a_pair_twice(policy, tokenizer, tmp_path, monkeypatch):
+    """A policy that has settled on its texts writes the same pairs round after round: the loop
+    offers each pair once (a reader cannot rate it twice), and when a round has fewer new pairs
+    than k the scripted reader trains on those instead of stalling."""
+    from rlhf_utils.feedback import item_key
+
+    def same_texts(self, model, prompts, seed):  # the same two completions for every prompt, every round
+        return ["the food was awful .", "the food was great ."] * (len(prompts) // 2) + ["the food was ok ."] * (len(prompts) % 2)
+
+    monkeypatch.setattr(LiveLoop, "_sample", same_texts)
+    loop = _loop(policy, tokenizer, tmp_path, dataclasses.replace(TINY, n_labels=24))
+    try:
+        run_scripted_reader(loop, _annotator(), 24, seed=0)
+        keys = [item_key(p, a, b) for p, a, b, _ in loop.offered]
+        assert len(keys) == len(set(keys)) and len(loop.labels()) == 24
+        assert any(row["n_new"] < TINY.k for row in loop.history)  # a round with fewer new pairs than k
+    finally:
+        loop.close()
+
+
 def test_a_failing_round_stops_the_loop_keeps_every_label_and_the_last_good_state(policy, tokenizer, tmp_path):
     loop = _loop(policy, tokenizer, tmp_path)
     session = loop.session(SCRIPTED_READER)
