@@ -215,8 +215,9 @@ def test_response_logprobs_run_the_lm_head_on_the_response_positions_only(tok, r
     with torch.no_grad():
         all_logprobs, all_entropy = lm.response_logprobs(older, *args)
     real = response_mask.bool()  # at padding the values are meaningless (documented)
-    torch.testing.assert_close(all_logprobs[real], logprobs[real], atol=1e-6, rtol=0)
-    torch.testing.assert_close(all_entropy[real], entropy[real], atol=1e-6, rtol=0)
+    # float rounding: the GPT-2 here takes gpt2_fast's padding-free forward, the wrapper the model's own
+    torch.testing.assert_close(all_logprobs[real], logprobs[real], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(all_entropy[real], entropy[real], atol=1e-6, rtol=1e-6)
     peft_model = get_peft_model(copy.deepcopy(random_model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
     assert lm.takes_logits_to_keep(peft_model)
 
