@@ -7,7 +7,7 @@ milliseconds of each, and the largest difference of its response log-probabiliti
 trainer's way, are printed:
 
 * ``trainer`` -- what :class:`rlhf_utils.ppo.PPOTrainer` does: padding trimmed to the columns the
-  rows use, then, for a plain GPT-2, :func:`rlhf_utils.gpt2_fast.last_hidden_state`: the
+  rows use, then, for a plain GPT-2, :func:`rlhf_utils.gpt2_fast.padding_free_hidden_state`: the
   per-token work on the real tokens only, attention on left-aligned rows under the causal mask;
 * ``padded`` -- the model's own forward on the trimmed padded batch with its padding mask
   (scaled-dot-product attention): the trainer's way until the padding-free forward;

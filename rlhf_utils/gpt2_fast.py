@@ -10,7 +10,7 @@ prefill cache's ``layers[i].keys`` and the config's attention implementation. Tw
   preallocated key/value buffers, MLP -- without the per-call overhead of the module stack.
   For this course's small model on a CPU that is a third of the sampling time
   (``benchmarks/ppo_vs_trl.py`` prints sampler vs ``generate``); bit-identical to the model.
-* **a padded batch** (:func:`last_hidden_state`) -- the PPO update's forward and backward,
+* **a padded batch** (:func:`padding_free_hidden_state`) -- the PPO update's forward and backward,
   the reference pass: every per-token operation (norms, projections, MLP) runs on the real
   tokens only, gathered into one ``[N, E]`` block, and attention on the rows laid out again,
   each one's tokens moved to its left so that the causal mask alone keeps padding out of
@@ -26,7 +26,7 @@ The fall-back is the model's own forward, taken for:
 * code being traced by ``torch.compile`` (the compiled update traces the model's own forward).
 
 ``tests/test_lm.py`` checks that the decoder's logits and hidden states equal the model's
-own forward bit for bit, that :func:`last_hidden_state` equals it at every real token (and
+own forward bit for bit, that :func:`padding_free_hidden_state` equals it at every real token (and
 its gradients to float rounding), and that each fall-back is taken.
 """
 
@@ -83,7 +83,7 @@ def _final_norm(model, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], ln_f.weight, ln_f.bias, model.config.layer_norm_epsilon)
 
 
-def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def padding_free_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The final hidden state (after ``ln_f``) ``[B, T, E]`` of a padded batch, positions counted
     over each row's real tokens: at every real token what ``model.transformer`` gives with
     :func:`rlhf_utils.ops.position_ids_from_mask`'s positions, 0 at padding. Differentiable.

@@ -149,7 +149,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     policy sampled at that temperature actually followed).
     """
     if gpt2_fast.supports(model):  # the real tokens only (GPT-2's forward is lm_head(last hidden state))
-        hidden = gpt2_fast.last_hidden_state(model, input_ids, attention_mask)
+        hidden = gpt2_fast.padding_free_hidden_state(model, input_ids, attention_mask)
         logits = model.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
     else:
         keep = {"logits_to_keep": logits_to_keep} if logits_to_keep and takes_logits_to_keep(model) else {}
@@ -165,11 +165,11 @@ def last_hidden_state(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """The transformer body's final hidden state ``[B, T, H]`` of a padded batch, positions
     counted over real tokens (a ``peft`` model: its base model, LoRA layers included). For a
     plain GPT-2, computed on the real tokens only and 0 at padding
-    (:func:`rlhf_utils.gpt2_fast.last_hidden_state`); elsewhere padding holds what the model
+    (:func:`rlhf_utils.gpt2_fast.padding_free_hidden_state`); elsewhere padding holds what the model
     left there. Either way, mask it out."""
     hf = hf_model(model)
     if gpt2_fast.supports(hf):
-        return gpt2_fast.last_hidden_state(hf, input_ids, attention_mask)
+        return gpt2_fast.padding_free_hidden_state(hf, input_ids, attention_mask)
     return hf.base_model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
 

@@ -443,7 +443,7 @@ class PPOTrainer:
         tokens over ``n_sequences * max_new_tokens``.
 
         Only the columns that hold a real token of these rows are computed (and for a plain
-        GPT-2 only their real tokens, :func:`rlhf_utils.gpt2_fast.last_hidden_state`): padding
+        GPT-2 only their real tokens, :func:`rlhf_utils.gpt2_fast.padding_free_hidden_state`): padding
         is masked out of attention and loss, so it changes nothing but the cost
         (``tests/test_ppo.py`` checks the update against an untrimmed reference).
         """

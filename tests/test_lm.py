@@ -510,7 +510,7 @@ def _padded_batch(tok, world):
 
 
 def test_padding_free_forward_equals_the_model_at_every_real_token_and_in_its_gradients(tok, world, random_model):
-    """last_hidden_state computes the per-token work on the real tokens only and attention on
+    """padding_free_hidden_state computes the per-token work on the real tokens only and attention on
     left-aligned rows; at every real token its hidden state is the model's own (float rounding:
     the products have other shapes), 0 at padding, and the gradients it gives the weights equal
     the model's own forward's."""
@@ -523,7 +523,7 @@ def test_padding_free_forward_equals_the_model_at_every_real_token_and_in_its_gr
     def hidden_and_grads(fast: bool):
         model.zero_grad(set_to_none=True)
         if fast:
-            hidden = gpt2_fast.last_hidden_state(model, ids, mask)
+            hidden = gpt2_fast.padding_free_hidden_state(model, ids, mask)
         else:
             hidden = model.transformer(input_ids=ids, attention_mask=mask, use_cache=False,
                                        position_ids=ops.position_ids_from_mask(mask)).last_hidden_state
@@ -541,7 +541,7 @@ def test_padding_free_forward_equals_the_model_at_every_real_token_and_in_its_gr
 
 @pytest.mark.parametrize("switch", ["RLHF_FAST_GPT2=0", "torch.compile", "training mode"])
 def test_padding_free_forward_falls_back_to_the_model_forward(tok, world, random_model, monkeypatch, switch):
-    """token_logprobs and the policy-with-value-head forward take last_hidden_state for a plain
+    """token_logprobs and the policy-with-value-head forward take padding_free_hidden_state for a plain
     GPT-2 in eval mode, and the model's own forward when it is switched off, while torch.compile
     traces, or in training mode -- with the same log-probabilities and values at the real tokens."""
     from rlhf_utils.value_head import PolicyWithValueHead
@@ -557,8 +557,8 @@ def test_padding_free_forward_falls_back_to_the_model_forward(tok, world, random
         return lm.token_logprobs(policy.lm, ids, mask), *policy(ids, mask, start)
 
     calls = []
-    monkeypatch.setattr(gpt2_fast, "last_hidden_state",
-                        lambda *a, f=gpt2_fast.last_hidden_state: calls.append(1) or f(*a))
+    monkeypatch.setattr(gpt2_fast, "padding_free_hidden_state",
+                        lambda *a, f=gpt2_fast.padding_free_hidden_state: calls.append(1) or f(*a))
     fast = outputs()
     assert len(calls) == 2
     if switch == "RLHF_FAST_GPT2=0":
